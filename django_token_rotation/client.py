@@ -1,0 +1,394 @@
+"""The only module that speaks HTTP to a provider.
+
+It sends the refresh-token grant, reads the answer under a size and time cap,
+and turns it into either a validated :class:`TokenResponse` or one of the typed
+exceptions of :mod:`django_token_rotation.exceptions`. It never logs, and never
+puts in an exception, a body, a header value or any token.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import requests
+from allauth.socialaccount.adapter import get_adapter
+from django.utils import timezone
+
+from .conf import app_settings
+from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
+
+logger = logging.getLogger("django_token_rotation")
+
+#: OAuth 2.0 error codes (RFC 6749 5.2) after which retrying cannot help: the
+#: grant or the client is not accepted, so the user has to sign in again.
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_grant",
+        "invalid_client",
+        "unauthorized_client",
+        "invalid_scope",
+        "unsupported_grant_type",
+        "invalid_request",
+    }
+)
+#: Error codes that say "later".
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+
+_ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
+# token forever); it is ignored and the expiry derived some other way.
+MAX_EXPIRES_IN = 366 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class TokenEndpoint:
+    """Everything needed to call one provider's token endpoint."""
+
+    url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    provider: str
+    basic_auth: bool = False
+    method: str = "POST"
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    client_id_parameter: str = "client_id"
+    expires_in_key: str = "expires_in"
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A validated successful answer of a token endpoint."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_in: int | None = None
+    refresh_expires_in: int | None = None
+    id_token: str | None = field(default=None, repr=False)
+    token_type: str | None = None
+
+
+def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenResponse:
+    """Exchange ``refresh_token`` at ``endpoint``.
+
+    Raises :class:`ReauthenticationRequired` when the provider refuses the grant
+    or the client, :class:`TokenRefreshUnavailable` for everything that may work
+    later (network, 5xx, 429, malformed answers).
+    """
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    auth = None
+    if endpoint.basic_auth and endpoint.client_secret:
+        auth = requests.auth.HTTPBasicAuth(endpoint.client_id, endpoint.client_secret)
+    else:
+        data[endpoint.client_id_parameter] = endpoint.client_id
+        if endpoint.client_secret:
+            data["client_secret"] = endpoint.client_secret
+    headers = {"Accept": "application/json", **(endpoint.headers or {})}
+    method = endpoint.method.upper()
+    status, content_type, body, response_headers = _send(
+        endpoint,
+        method,
+        params=data if method == "GET" else None,
+        data=None if method == "GET" else data,
+        headers=headers,
+        auth=auth,
+    )
+    return parse_token_response(
+        endpoint,
+        status,
+        content_type,
+        body,
+        retry_after=response_headers.get("Retry-After"),
+    )
+
+
+def fetch_json(url: str, *, provider: str) -> dict[str, Any]:
+    """GET a JSON document (an OpenID Connect discovery document) under the same caps."""
+    endpoint = TokenEndpoint(url=url, client_id="", client_secret="", provider=provider)
+    status, content_type, body, _headers = _send(
+        endpoint, "GET", headers={"Accept": "application/json"}
+    )
+    if status != 200:
+        raise TokenRefreshUnavailable(
+            f"Fetching the discovery document answered HTTP {status}.",
+            code="discovery_failed",
+            provider=provider,
+        )
+    document = _decode_json(body)
+    if not isinstance(document, dict):
+        raise TokenRefreshUnavailable(
+            "The discovery document is not a JSON object.",
+            code="discovery_failed",
+            provider=provider,
+        )
+    return document
+
+
+def _send(
+    endpoint: TokenEndpoint,
+    method: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    data: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: requests.auth.AuthBase | None = None,
+) -> tuple[int, str, bytes, Mapping[str, str]]:
+    timeout = app_settings.TIMEOUT
+    limit = app_settings.MAX_RESPONSE_BYTES
+    provider = endpoint.provider
+    # allauth's session, so that a site's proxies, certificates or retries
+    # configured on its SocialAccountAdapter apply here too.
+    session = get_adapter().get_requests_session()
+    try:
+        with session:
+            response = session.request(
+                method,
+                endpoint.url,
+                params=params,
+                data=data,
+                headers=dict(headers or {}),
+                auth=auth,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                body = _read_capped(response, limit=limit, deadline=time.monotonic() + 2 * timeout)
+                return (
+                    response.status_code,
+                    response.headers.get("Content-Type", ""),
+                    body,
+                    response.headers,
+                )
+    except _BodyTooLarge:
+        raise TokenRefreshUnavailable(
+            f"The response body exceeds {limit} bytes.",
+            code="malformed_response",
+            provider=provider,
+        ) from None
+    except _BodyTooSlow:
+        raise TokenRefreshUnavailable(
+            "The response body did not arrive in time.", code="timeout", provider=provider
+        ) from None
+    except requests.Timeout:
+        raise TokenRefreshUnavailable(
+            f"No answer within {timeout} s.", code="timeout", provider=provider
+        ) from None
+    except requests.ConnectionError:
+        raise TokenRefreshUnavailable(
+            "Could not connect to the endpoint.", code="connection_error", provider=provider
+        ) from None
+    except requests.RequestException as exc:
+        # The message of a requests exception can quote the URL with its query
+        # string (GET token endpoints): never pass it on.
+        raise TokenRefreshUnavailable(
+            f"HTTP request failed ({type(exc).__name__}).",
+            code="connection_error",
+            provider=provider,
+        ) from None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTooSlow(Exception):
+    pass
+
+
+def _read_capped(response: requests.Response, *, limit: int, deadline: float) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        if time.monotonic() > deadline:
+            raise _BodyTooSlow
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _decode_body(content_type: str, body: bytes) -> Any:
+    """JSON, or (like allauth, for providers such as GitHub) form-encoded."""
+    media_type = content_type.split(";")[0].strip().lower()
+    stripped = body.lstrip()
+    if media_type.endswith("json") or stripped[:1] in (b"{", b"["):
+        return _decode_json(body)
+    if media_type in ("application/x-www-form-urlencoded", "text/plain"):
+        try:
+            return dict(parse_qsl(body.decode("utf-8"), strict_parsing=True))
+        except (UnicodeDecodeError, ValueError):
+            return None
+    return None
+
+
+def _retry_at(value: str | None) -> datetime.datetime | None:
+    """Parse ``Retry-After`` (seconds or an HTTP date); ``None`` if absent or junk."""
+    if not value:
+        return None
+    value = value.strip()
+    now = timezone.now()
+    if value.isdigit():
+        seconds = min(int(value), 24 * 3600)
+        return now + datetime.timedelta(seconds=seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return min(max(when, now), now + datetime.timedelta(days=1))
+
+
+def _error_code(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        code = payload.get("error")
+        if isinstance(code, str) and _ERROR_CODE_RE.match(code):
+            return code
+        if code is not None:
+            return "non_standard_error"
+    return None
+
+
+def _lifetime(value: Any) -> int | None:
+    """A lifetime in seconds from ``expires_in``-like values; ``None`` if unusable.
+
+    Integers and integral strings (Azure AD v1 sends ``"3599"``) are accepted.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.isdigit() or len(value) > 12:
+            return None
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value <= MAX_EXPIRES_IN:
+        return None
+    return value
+
+
+def parse_token_response(
+    endpoint: TokenEndpoint,
+    status: int,
+    content_type: str,
+    body: bytes,
+    *,
+    retry_after: str | None = None,
+) -> TokenResponse:
+    """Classify a token endpoint's answer; return it only when it is usable."""
+    provider = endpoint.provider
+    payload = _decode_body(content_type, body)
+    code = _error_code(payload)
+
+    if 300 <= status < 400:
+        raise TokenRefreshUnavailable(
+            f"The token endpoint redirected (HTTP {status}); redirects are not followed.",
+            code="unexpected_response",
+            provider=provider,
+        )
+    if status == 429 or code == "slow_down":
+        raise TokenRefreshUnavailable(
+            f"Rate limited (HTTP {status}).",
+            code="rate_limited",
+            provider=provider,
+            retry_at=_retry_at(retry_after),
+        )
+    if status >= 500 or code in TRANSIENT_ERRORS:
+        raise TokenRefreshUnavailable(
+            f"The provider is unavailable (HTTP {status}, error {code or '-'}).",
+            code=code if code in TRANSIENT_ERRORS else "server_error",
+            provider=provider,
+            retry_at=_retry_at(retry_after),
+        )
+    if code in PERMANENT_ERRORS:
+        raise ReauthenticationRequired(
+            f"The provider refused the refresh (HTTP {status}, error {code}).",
+            code=code,
+            provider=provider,
+        )
+    if status >= 400 or code is not None:
+        # Not an OAuth error we know (an HTML error page, a WAF, a 404 from a
+        # misconfigured URL...). Signing the user out would not fix it.
+        raise TokenRefreshUnavailable(
+            f"Unexpected answer from the token endpoint (HTTP {status}, error {code or '-'}).",
+            code="unexpected_response",
+            provider=provider,
+        )
+    if status not in (200, 201):
+        raise TokenRefreshUnavailable(
+            f"Unexpected status HTTP {status} from the token endpoint.",
+            code="unexpected_response",
+            provider=provider,
+        )
+    return _validated(endpoint, payload)
+
+
+def _malformed(provider: str, what: str) -> TokenRefreshUnavailable:
+    return TokenRefreshUnavailable(
+        f"Malformed token response: {what}.", code="malformed_response", provider=provider
+    )
+
+
+def _optional_string(payload: dict[str, Any], key: str, provider: str) -> str | None:
+    value = payload.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 16 * 1024:
+        raise _malformed(provider, f"'{key}' is not a usable string")
+    return value
+
+
+def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
+    provider = endpoint.provider
+    if not isinstance(payload, dict):
+        raise _malformed(provider, "the body is not a JSON object")
+    access_token = _optional_string(payload, "access_token", provider)
+    if access_token is None:
+        raise _malformed(provider, "no 'access_token'")
+    refresh_token = _optional_string(payload, "refresh_token", provider)
+    id_token = _optional_string(payload, "id_token", provider)
+    token_type = payload.get("token_type")
+    if token_type is not None and not isinstance(token_type, str):
+        raise _malformed(provider, "'token_type' is not a string")
+
+    raw_expires_in = payload.get(endpoint.expires_in_key)
+    expires_in = _lifetime(raw_expires_in)
+    if raw_expires_in is not None and expires_in is None:
+        # The new tokens are good and the old refresh token may already be
+        # spent: keep them, and derive the expiry another way.
+        logger.warning(
+            "Token endpoint of provider %s sent an unusable '%s' (%s); ignoring it.",
+            provider,
+            endpoint.expires_in_key,
+            type(raw_expires_in).__name__,
+        )
+    refresh_expires_in = payload.get("refresh_expires_in")
+    return TokenResponse(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=expires_in,
+        refresh_expires_in=_lifetime(refresh_expires_in),
+        id_token=id_token,
+        token_type=token_type,
+    )

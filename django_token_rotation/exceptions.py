@@ -1,0 +1,100 @@
+"""The exceptions the engine raises, split into "sign in again" and "try later".
+
+Every message is built from codes and ids only: no token value can reach an
+exception message (and so a log line or an error page) through these classes.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+
+class TokenRotationError(Exception):
+    """Base class: getting a valid access token failed.
+
+    ``code`` is a short, stable string (``"invalid_grant"``, ``"timeout"`` ...)
+    meant for logs, metrics and the admin. ``provider`` is the allauth provider
+    id of the account, when known.
+    """
+
+    #: Whether the user must sign in again (``True``) or a later call may work.
+    permanent: bool = False
+    default_code = "error"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        provider: str | None = None,
+        token_id: int | None = None,
+    ) -> None:
+        self.code = code or self.default_code
+        self.provider = provider
+        self.token_id = token_id
+        self.message = message or self.code
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        where = []
+        if self.provider:
+            where.append(f"provider={self.provider}")
+        if self.token_id is not None:
+            where.append(f"token_id={self.token_id}")
+        suffix = f" ({', '.join(where)})" if where else ""
+        return f"{self.message} [{self.code}]{suffix}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, provider={self.provider!r})"
+
+
+class ReauthenticationRequired(TokenRotationError):
+    """The user must sign in again: there is no usable token or the provider refused it.
+
+    Codes: ``no_token``, ``no_refresh_token``, ``invalid_grant``,
+    ``invalid_client``, ``unauthorized_client``, ``invalid_scope``,
+    ``unsupported_grant_type``, ``invalid_request``, ``unsupported_provider``.
+    """
+
+    permanent = True
+    default_code = "reauthentication_required"
+
+
+class ProviderNotRefreshable(ReauthenticationRequired):
+    """The provider's tokens cannot be refreshed by this app (OAuth1, or a
+    provider whose token exchange needs special code). Once such a token has
+    expired the only way to a new one is to sign in again."""
+
+    default_code = "unsupported_provider"
+
+
+class TokenRefreshUnavailable(TokenRotationError):
+    """The provider is temporarily unavailable; try again later.
+
+    Codes: ``timeout``, ``connection_error``, ``server_error``,
+    ``rate_limited``, ``temporarily_unavailable``, ``malformed_response``,
+    ``unexpected_response``, ``refresh_in_progress``, ``backoff``,
+    ``discovery_failed``, ``database_error``. ``retry_at`` says when the next
+    attempt will be made, when known.
+    """
+
+    permanent = False
+    default_code = "unavailable"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        provider: str | None = None,
+        token_id: int | None = None,
+        retry_at: datetime.datetime | None = None,
+    ) -> None:
+        super().__init__(message, code=code, provider=provider, token_id=token_id)
+        self.retry_at = retry_at
+
+
+class ImproperlyConfiguredProvider(ProviderNotRefreshable):
+    """The provider or its app cannot be resolved through allauth."""
+
+    default_code = "provider_not_configured"

@@ -1,0 +1,98 @@
+"""From a ``SocialToken`` to the token endpoint that refreshes it, through allauth.
+
+Nothing here knows a provider's URL: the endpoint, the client credentials and
+the client authentication method come from the provider's allauth OAuth2
+adapter and its ``SocialApp`` (from the database or from
+``SOCIALACCOUNT_PROVIDERS``), exactly as allauth uses them at sign-in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from allauth.core import context
+from allauth.socialaccount.models import SocialApp, SocialToken
+from allauth.socialaccount.providers.oauth2.client import OAuth2Client
+from allauth.socialaccount.providers.oauth2.provider import OAuth2Provider
+from allauth.socialaccount.providers.openid_connect.views import OpenIDConnectOAuth2Adapter
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured, MultipleObjectsReturned
+
+from . import client
+from .conf import app_settings
+from .exceptions import ImproperlyConfiguredProvider, ProviderNotRefreshable
+
+logger = logging.getLogger("django_token_rotation")
+
+
+def get_provider(token: SocialToken) -> Any:
+    """The allauth provider instance (with its app) that issued ``token``."""
+    account = token.account
+    try:
+        if token.app_id is not None and token.app is not None:
+            return token.app.get_provider(context.request)
+        return account.get_provider(context.request)
+    except (SocialApp.DoesNotExist, MultipleObjectsReturned, ImproperlyConfigured) as exc:
+        raise ImproperlyConfiguredProvider(
+            f"allauth cannot resolve provider {account.provider!r} to exactly one app "
+            f"({type(exc).__name__}).",
+            provider=account.provider,
+            token_id=token.pk,
+        ) from None
+
+
+def resolve(token: SocialToken) -> client.TokenEndpoint:
+    """The token endpoint and client credentials that refresh ``token``.
+
+    Raises :class:`ProviderNotRefreshable` for tokens this app leaves alone
+    (OAuth1 providers; OAuth2 providers whose token exchange allauth does with
+    a provider-specific client, such as Apple's signed client secret).
+    """
+    provider = get_provider(token)
+    provider_key = token.account.provider
+    if not isinstance(provider, OAuth2Provider):
+        raise ProviderNotRefreshable(
+            f"{type(provider).__name__} is not an OAuth 2.0 provider; its tokens do not refresh.",
+            provider=provider_key,
+            token_id=token.pk,
+        )
+    adapter = provider.get_oauth2_adapter(context.request)
+    client_class = getattr(adapter, "client_class", OAuth2Client)
+    if client_class is not OAuth2Client:
+        raise ProviderNotRefreshable(
+            f"{type(adapter).__name__} exchanges tokens with its own client "
+            f"({client_class.__name__}); refreshing it needs provider-specific code.",
+            provider=provider_key,
+            token_id=token.pk,
+        )
+    if isinstance(adapter, OpenIDConnectOAuth2Adapter):
+        # allauth fetches the discovery document once per adapter instance,
+        # that is once per request. Give it our cached copy instead.
+        adapter._openid_config = openid_configuration(provider)
+    app = provider.app
+    return client.TokenEndpoint(
+        url=adapter.access_token_url,
+        client_id=app.client_id,
+        client_secret=app.secret or "",
+        provider=provider_key,
+        basic_auth=bool(adapter.basic_auth),
+        method=adapter.access_token_method or "POST",
+        headers=adapter.headers,
+        client_id_parameter=client_class.client_id_parameter,
+        expires_in_key=adapter.expires_in_key,
+    )
+
+
+def openid_configuration(provider: Any) -> dict[str, Any]:
+    """The provider's discovery document, with the app's overrides, cached."""
+    url = provider.server_url
+    cache = caches[app_settings.CACHE]
+    key = "token_rotation:oidc:" + hashlib.sha256(url.encode()).hexdigest()
+    document = cache.get(key)
+    if not isinstance(document, dict):
+        document = client.fetch_json(url, provider=provider.app.provider_id or provider.id)
+        cache.set(key, document, app_settings.DISCOVERY_CACHE_SECONDS)
+    overrides = provider.app.settings.get("openid_configuration_overrides", {})
+    return {**document, **overrides}

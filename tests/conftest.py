@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from tests import scripted_server
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if django_settings.POSTGRES_AVAILABLE:
+        return
+    pg = django_settings.PG
+    where = f"{pg['HOST']}:{pg['PORT']}"
+    wanted = [item for item in items if item.get_closest_marker("postgres")]
+    if not wanted:
+        return
+    if IN_CI:
+        raise pytest.UsageError(
+            f"PostgreSQL is not reachable at {where}, and CI=true: the PostgreSQL tests "
+            "must run in CI, not be skipped. Start the server (see .ci/run)."
+        )
+    skip = pytest.mark.skip(
+        reason=f"PostgreSQL not reachable at {where} "
+        "(set TOKEN_ROTATION_TEST_PG_HOST/PORT/NAME/USER to point at one)"
+    )
+    for item in wanted:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def scripted() -> Iterator[scripted_server.ScriptedServer]:
+    """A scripted token endpoint on 127.0.0.1, wired to the ``fake`` provider."""
+    with scripted_server.running() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_app(db: None, settings: Any, scripted: scripted_server.ScriptedServer) -> SocialApp:
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    return SocialApp.objects.create(
+        provider="fake", name="Fake", client_id="fake-client", secret="fake-secret"
+    )
+
+
+@pytest.fixture
+def user(db: None) -> Any:
+    return get_user_model().objects.create_user("alice", "alice@example.com", "pw")
+
+
+MakeToken = Callable[..., SocialToken]
+
+
+@pytest.fixture
+def make_token(db: None, user: Any) -> MakeToken:
+    """Create a stored allauth token; ``expires_in`` seconds from now (negative: expired)."""
+
+    def make(
+        *,
+        provider: str = "fake",
+        app: SocialApp | None = None,
+        access: str = "old-access",
+        refresh: str = "old-refresh",
+        expires_in: float | None = -10,
+        owner: Any = None,
+        uid: str | None = None,
+    ) -> SocialToken:
+        account = SocialAccount.objects.create(
+            user=owner or user,
+            provider=provider,
+            uid=uid or f"uid-{SocialAccount.objects.count() + 1}",
+        )
+        expires_at = (
+            None if expires_in is None else timezone.now() + datetime.timedelta(seconds=expires_in)
+        )
+        return SocialToken.objects.create(
+            app=app, account=account, token=access, token_secret=refresh, expires_at=expires_at
+        )
+
+    return make

@@ -1,0 +1,183 @@
+"""A small scripted token endpoint: a real HTTP server on 127.0.0.1 for faults.
+
+Each request to the token endpoint takes the next scripted :class:`Reply` (the
+last one repeats); every request is recorded, so tests assert what the server
+actually received. It also serves an OpenID Connect discovery document that
+points back at itself.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes | str | dict[str, Any] | list[Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds to wait before answering.
+    delay: float = 0.0
+    #: Send the body in pieces, sleeping this long between them.
+    drip: float = 0.0
+    #: Wait until this event is set before answering (a hung provider).
+    hold: threading.Event | None = None
+
+    def encoded(self) -> tuple[bytes, str]:
+        if isinstance(self.body, (dict, list)):
+            return json.dumps(self.body).encode(), "application/json"
+        if isinstance(self.body, str):
+            return self.body.encode(), "text/plain; charset=utf-8"
+        return self.body or b"", "application/octet-stream"
+
+
+def tokens(
+    access: str = "new-access",
+    refresh: str | None = "new-refresh",
+    expires_in: Any = 3600,
+    **extra: Any,
+) -> Reply:
+    """A successful token response."""
+    body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", **extra}
+    if refresh is not None:
+        body["refresh_token"] = refresh
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    return Reply(200, body)
+
+
+def oauth_error(code: str, status: int = 400, **headers: str) -> Reply:
+    return Reply(status, {"error": code}, headers=dict(headers))
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+class ScriptedServer:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._script: list[Reply] = [tokens()]
+        self.received: list[Received] = []
+        self.on_request: Callable[[Received], None] | None = None
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.token_url = f"{self.base_url}/token"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    # -- scripting -----------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies`` in order; the last one repeats."""
+        with self._lock:
+            self._script = list(replies)
+            self.received = []
+
+    @property
+    def token_requests(self) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == "/token"]
+
+    def _next_reply(self, received: Received) -> Reply:
+        with self._lock:
+            self.received.append(received)
+            if len(self._script) > 1:
+                return self._script.pop(0)
+            return self._script[0]
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "issuer": self.base_url,
+            "authorization_endpoint": f"{self.base_url}/authorize",
+            "token_endpoint": self.token_url,
+            "userinfo_endpoint": f"{self.base_url}/userinfo",
+            "jwks_uri": f"{self.base_url}/jwks",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        }
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode() if length else ""
+                path, _, query = self.path.partition("?")
+                form = {k: v[0] for k, v in parse_qs(raw or query).items()}
+                received = Received(self.command, path, form, dict(self.headers))
+                if path.endswith("/.well-known/openid-configuration"):
+                    with server._lock:
+                        server.received.append(received)
+                    self._send(Reply(200, server.discovery()))
+                    return
+                reply = server._next_reply(received)
+                if server.on_request is not None:
+                    server.on_request(received)
+                if reply.hold is not None:
+                    reply.hold.wait(60)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                self._send(reply)
+
+            def _send(self, reply: Reply) -> None:
+                body, content_type = reply.encoded()
+                try:
+                    self.send_response(reply.status)
+                    headers = {"Content-Type": content_type, **reply.headers}
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    if "Content-Length" not in headers:
+                        self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if reply.drip:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.drip)
+                    else:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = _answer
+            do_POST = _answer
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@contextmanager
+def running() -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

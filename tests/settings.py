@@ -1,0 +1,120 @@
+"""Settings of the test suite.
+
+The default database is a SQLite *file* (not the in-memory default), so that
+the concurrency tests' worker processes can share it. PostgreSQL
+(127.0.0.1:5432, database ``test``; ``TOKEN_ROTATION_TEST_PG_*`` to change)
+is added as the ``postgres`` alias when it answers; the tests that need it are
+skipped with a reason when it does not, and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "allauth.socialaccount.providers.google",
+    "allauth.socialaccount.providers.twitter",
+    "allauth.socialaccount.providers.apple",
+    "tests.fakeprovider",
+    "django_token_rotation",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+
+SOCIALACCOUNT_STORE_TOKENS = True
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Where the plain OAuth2 test provider (tests.fakeprovider) sends token requests;
+# tests point it at their scripted server.
+FAKE_PROVIDER_TOKEN_URL = "http://127.0.0.1:9/token"
+
+_SQLITE_TEST_FILE = os.path.join(
+    tempfile.gettempdir(), f"token_rotation_tests_{os.getpid()}.sqlite3"
+)
+
+DATABASES: dict[str, dict[str, object]] = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        # Worker processes write the same file: wait for locks, don't fail.
+        "OPTIONS": {"timeout": 30},
+        "TEST": {"NAME": _SQLITE_TEST_FILE},
+    }
+}
+
+PG: dict[str, object] = {
+    "ENGINE": "django.db.backends.postgresql",
+    "HOST": os.environ.get("TOKEN_ROTATION_TEST_PG_HOST", "127.0.0.1"),
+    "PORT": os.environ.get("TOKEN_ROTATION_TEST_PG_PORT", "5432"),
+    "NAME": os.environ.get("TOKEN_ROTATION_TEST_PG_NAME", "test"),
+    "USER": os.environ.get("TOKEN_ROTATION_TEST_PG_USER", "postgres"),
+    "PASSWORD": os.environ.get("TOKEN_ROTATION_TEST_PG_PASSWORD", ""),
+    "TEST": {"NAME": f"test_token_rotation_{os.getpid()}"},
+}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+POSTGRES_AVAILABLE = _reachable(str(PG["HOST"]), int(str(PG["PORT"])))
+if POSTGRES_AVAILABLE:
+    DATABASES["postgres"] = PG
+
+# A worker process of the concurrency tests gets the exact database it must use.
+if os.environ.get("TOKEN_ROTATION_TEST_WORKER_DB"):
+    DATABASES = {"default": json.loads(os.environ["TOKEN_ROTATION_TEST_WORKER_DB"])}
