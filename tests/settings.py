@@ -76,7 +76,14 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Where the plain OAuth2 test provider (tests.fakeprovider) sends token requests;
 # tests point it at their scripted server.
-FAKE_PROVIDER_TOKEN_URL = "http://127.0.0.1:9/token"
+FAKE_PROVIDER_TOKEN_URL = os.environ.get(
+    "TOKEN_ROTATION_TEST_FAKE_TOKEN_URL", "http://127.0.0.1:9/token"
+)
+
+# Worker processes of the concurrency tests take a few settings from the parent.
+for _name in ("LEASE", "WAIT", "TIMEOUT"):
+    if os.environ.get(f"TOKEN_ROTATION_TEST_{_name}"):
+        globals()[f"TOKEN_ROTATION_{_name}"] = float(os.environ[f"TOKEN_ROTATION_TEST_{_name}"])
 
 _SQLITE_TEST_FILE = os.path.join(
     tempfile.gettempdir(), f"token_rotation_tests_{os.getpid()}.sqlite3"

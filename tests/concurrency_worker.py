@@ -1,0 +1,69 @@
+"""A worker process of the concurrency tests.
+
+Run by the tests as ``python -m tests.concurrency_worker``; it sets Django up
+on the database the parent gives it (``TOKEN_ROTATION_TEST_WORKER_DB``), then
+starts ``--threads`` threads that all call ``get_access_token`` at the same
+instant (``--start-at``, a ``time.time()`` value) and prints one JSON line:
+the outcome of each call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--user-id", type=int, required=True)
+    parser.add_argument("--provider", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--start-at", type=float, default=0.0)
+    args = parser.parse_args()
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from django_token_rotation import TokenRotationError, get_access_token
+
+    user = get_user_model().objects.get(pk=args.user_id)
+    connections.close_all()
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        delay = args.start_at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            outcome: dict[str, Any] = {"token": get_access_token(user, args.provider)}
+        except TokenRotationError as exc:
+            outcome = {"error": exc.code, "permanent": exc.permanent}
+        except Exception as exc:  # reported to the parent, which fails the test
+            outcome = {"error": f"unexpected {type(exc).__name__}: {exc}"}
+        finally:
+            connections.close_all()
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=call) for _ in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "results": results}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Single-flight for real: OS processes x threads racing on one expired token.
+
+Every worker is a separate Python process with its own database connections
+(see ``tests/concurrency_worker.py``); the token endpoint is a real HTTP
+server in this process that counts what it actually received.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.contrib.auth import get_user_model
+from django.db import connections
+from django.utils import timezone
+
+from django_token_rotation.models import TokenState
+from tests.scripted_server import Reply, ScriptedServer, tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSES = 4
+THREADS = 8
+
+DATABASES = [
+    pytest.param("default", id="sqlite-file"),
+    pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
+]
+
+
+def worker_env(alias: str, **extra: str) -> dict[str, str]:
+    db = dict(connections[alias].settings_dict)
+    db.pop("TEST", None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "TOKEN_ROTATION_TEST_WORKER_DB": json.dumps(db, default=str),
+    }
+    env.update(extra)
+    return env
+
+
+def start_workers(
+    count: int, *, alias: str, user_id: int, provider: str, threads: int, env: dict[str, str]
+) -> list[subprocess.Popen[str]]:
+    start_at = time.time() + 3.0  # time for every process to import Django
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.concurrency_worker",
+                f"--user-id={user_id}",
+                f"--provider={provider}",
+                f"--threads={threads}",
+                f"--start-at={start_at}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def collect(workers: list[subprocess.Popen[str]], timeout: float = 120) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=timeout)
+        assert worker.returncode == 0, err[-3000:]
+        results.extend(json.loads(out.strip().splitlines()[-1])["results"])
+    return results
+
+
+def seed(alias: str, *, provider: str, app: SocialApp | None, expires_in: int = -5) -> Any:
+    user = get_user_model().objects.db_manager(alias).create_user("racer", "r@example.com", "pw")
+    account = SocialAccount.objects.using(alias).create(user=user, provider=provider, uid="r1")
+    SocialToken.objects.using(alias).create(
+        account=account,
+        app=app,
+        token="old-access",
+        token_secret="old-refresh",
+        expires_at=timezone.now() + datetime.timedelta(seconds=expires_in),
+    )
+    return user
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_one_refresh_for_many_processes_and_threads(alias: str, scripted: ScriptedServer) -> None:
+    # The endpoint takes its time, so that every caller sees the token expired
+    # while the one refresh is in flight.
+    scripted.script(Reply(200, tokens().body, delay=0.5))
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="Fake", client_id="c", secret="s"
+    )
+    user = seed(alias, provider="fake", app=app)
+    env = worker_env(alias, TOKEN_ROTATION_TEST_FAKE_TOKEN_URL=scripted.token_url)
+
+    workers = start_workers(
+        PROCESSES, alias=alias, user_id=user.pk, provider="fake", threads=THREADS, env=env
+    )
+    results = collect(workers)
+
+    outcomes = Counter(r.get("token") or f"error:{r.get('error')}" for r in results)
+    print(
+        f"\n[{alias}] {PROCESSES} processes x {THREADS} threads = {len(results)} callers; "
+        f"refresh requests received: {len(scripted.token_requests)}; outcomes: {dict(outcomes)}"
+    )
+    assert len(results) == PROCESSES * THREADS
+    assert outcomes == {"new-access": PROCESSES * THREADS}
+    assert len(scripted.token_requests) == 1
+    token = SocialToken.objects.using(alias).get()
+    assert (token.token, token.token_secret) == ("new-access", "new-refresh")
+    assert TokenState.objects.using(alias).get().refresh_count == 1
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_a_dead_lease_holder_does_not_wedge_the_token(alias: str, scripted: ScriptedServer) -> None:
+    answer = threading.Event()
+    scripted.script(Reply(200, tokens().body, hold=answer), tokens(access="second-access"))
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="Fake", client_id="c", secret="s"
+    )
+    user = seed(alias, provider="fake", app=app)
+    env = worker_env(
+        alias,
+        TOKEN_ROTATION_TEST_FAKE_TOKEN_URL=scripted.token_url,
+        TOKEN_ROTATION_TEST_LEASE="2",
+        TOKEN_ROTATION_TEST_TIMEOUT="60",
+    )
+    try:
+        [doomed] = start_workers(
+            1, alias=alias, user_id=user.pk, provider="fake", threads=1, env=env
+        )
+        deadline = time.monotonic() + 60
+        while not scripted.token_requests:
+            assert time.monotonic() < deadline, "the first worker never called the endpoint"
+            time.sleep(0.05)
+        # The lease holder dies between sending the refresh and storing the answer.
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        state = TokenState.objects.using(alias).get()
+        assert state.lease_id and state.lease_expires_at is not None
+
+        started = time.monotonic()
+        results = collect(
+            start_workers(2, alias=alias, user_id=user.pk, provider="fake", threads=2, env=env)
+        )
+        waited = time.monotonic() - started
+    finally:
+        answer.set()
+
+    assert [r.get("token") for r in results] == ["second-access"] * 4
+    assert len(scripted.token_requests) == 2
+    state = TokenState.objects.using(alias).get()
+    assert state.lease_id == "" and state.refresh_count == 1
+    print(f"\n[{alias}] lease of a killed worker taken over; callers waited {waited:.1f} s")
