@@ -22,7 +22,11 @@ from django.core.exceptions import ImproperlyConfigured, MultipleObjectsReturned
 
 from . import client
 from .conf import app_settings
-from .exceptions import ImproperlyConfiguredProvider, ProviderNotRefreshable
+from .exceptions import (
+    ImproperlyConfiguredProvider,
+    ProviderNotRefreshable,
+    TokenRefreshUnavailable,
+)
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -71,9 +75,20 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
         # allauth fetches the discovery document once per adapter instance,
         # that is once per request. Give it our cached copy instead.
         adapter._openid_config = openid_configuration(provider)
+    try:
+        url = adapter.access_token_url
+    except KeyError:  # a discovery document without "token_endpoint"
+        url = None
+    if not isinstance(url, str) or not url:
+        raise TokenRefreshUnavailable(
+            "The provider names no token endpoint.",
+            code="discovery_failed",
+            provider=provider_key,
+            token_id=token.pk,
+        )
     app = provider.app
     return client.TokenEndpoint(
-        url=adapter.access_token_url,
+        url=url,
         client_id=app.client_id,
         client_secret=app.secret or "",
         provider=provider_key,

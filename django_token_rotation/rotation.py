@@ -34,7 +34,7 @@ from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -102,12 +102,28 @@ def needs_refresh(
     *,
     now: datetime.datetime | None = None,
 ) -> bool:
-    """Whether ``token`` expires within ``TOKEN_ROTATION_LEEWAY`` (or has expired)."""
+    """Whether ``token`` expires within the leeway (or has expired).
+
+    The leeway is ``TOKEN_ROTATION_LEEWAY``, but never more than half of the
+    token's lifetime when that is known: a provider issuing 30-second tokens
+    must not make every call a refresh.
+    """
     expires = expiry(token, state)
     if expires is None:
         return False
     now = now or _now()
-    return now >= expires - datetime.timedelta(seconds=app_settings.LEEWAY)
+    return now >= expires - datetime.timedelta(seconds=leeway(token, state))
+
+
+def leeway(token: SocialToken, state: TokenState | None = None) -> float:
+    """Seconds before expiry at which ``token`` counts as due."""
+    configured = app_settings.LEEWAY
+    issued = state.last_refreshed_at if state is not None else None
+    if issued is not None and token.expires_at is not None:
+        lifetime: float = (token.expires_at - issued).total_seconds()
+        if lifetime > 0:
+            return min(configured, lifetime / 2)
+    return configured
 
 
 def is_expired(token: SocialToken, state: TokenState | None = None) -> bool:
@@ -212,8 +228,13 @@ def _cached_state(token: SocialToken) -> TokenState | None:
         return None
 
 
+def _states(token: SocialToken) -> QuerySet[TokenState]:
+    """``TokenState`` rows in the token's own database (multi-database sites)."""
+    return TokenState.objects.using(token._state.db)
+
+
 def _load_state(token: SocialToken) -> TokenState:
-    state, _created = TokenState.objects.get_or_create(token_id=token.pk)
+    state, _created = _states(token).get_or_create(token_id=token.pk)
     token.rotation_state = state
     return state
 
@@ -262,8 +283,9 @@ class _Refresh:
     def _settled(self, state: TokenState) -> bool:
         """True when there is nothing (left) to do for this caller."""
         if self.token.token != self.seen_access:
-            # Someone else refreshed since the caller looked.
-            return self.force or not needs_refresh(self.token, state)
+            # Someone else refreshed since the caller looked: that is the
+            # refresh this caller wanted.
+            return self.force or not is_expired(self.token, state)
         return not self.force and not needs_refresh(self.token, state)
 
     def _check_blocked(self, state: TokenState) -> None:
@@ -319,7 +341,8 @@ class _Refresh:
         lease_id = uuid.uuid4().hex
         now = _now()
         claimed = (
-            TokenState.objects.filter(pk=self.token.pk)
+            _states(self.token)
+            .filter(pk=self.token.pk)
             .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
             .update(
                 lease_id=lease_id,
@@ -387,11 +410,15 @@ class _Refresh:
             with transaction.atomic(using=token._state.db):
                 # Compare-and-swap on the refresh token we sent: if another
                 # worker stored a newer token meanwhile, ours is stale.
-                written = SocialToken.objects.filter(pk=token.pk, token_secret=sent).update(
-                    token=answer.access_token, token_secret=new_secret, expires_at=expires_at
+                written = (
+                    SocialToken.objects.using(token._state.db)
+                    .filter(pk=token.pk, token_secret=sent)
+                    .update(
+                        token=answer.access_token, token_secret=new_secret, expires_at=expires_at
+                    )
                 )
                 if written:
-                    TokenState.objects.filter(pk=token.pk).update(
+                    _states(token).filter(pk=token.pk).update(
                         refresh_count=F("refresh_count") + 1,
                         last_refreshed_at=now,
                         last_attempt_at=now,
@@ -453,7 +480,7 @@ class _Refresh:
             )
             return token
         now = _now()
-        TokenState.objects.filter(pk=token.pk).update(
+        _states(token).filter(pk=token.pk).update(
             needs_reauth=True,
             failed_fingerprint=fingerprint(sent),
             last_error=exc.code,
@@ -492,7 +519,7 @@ class _Refresh:
         if exc.retry_at is not None:
             retry_at = max(retry_at, exc.retry_at)
         exc.retry_at = retry_at
-        TokenState.objects.filter(pk=token.pk).update(
+        _states(token).filter(pk=token.pk).update(
             consecutive_failures=failures,
             last_error=exc.code,
             last_error_at=now,

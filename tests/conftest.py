@@ -87,3 +87,20 @@ def make_token(db: None, user: Any) -> MakeToken:
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def oauth_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OAuth2/OpenID Connect provider (django-oauth-toolkit) in its own
+    process: rotating single-use refresh tokens with reuse protection."""
+    from tests.provider_server.fixture import start_provider
+
+    with start_provider(tmp_path_factory.mktemp("provider")) as provider:
+        yield provider
+
+
+@pytest.fixture
+def provider(oauth_provider: Any) -> Any:
+    """The provider with its counters zeroed and no artificial delay."""
+    oauth_provider.control(reset=True, delay_ms=0)
+    return oauth_provider

@@ -750,3 +750,15 @@ def test_exceptions_and_reprs_carry_no_token(
     for text in texts:
         for secret in SECRETS:
             assert secret not in text
+
+
+def test_short_lived_tokens_do_not_make_every_call_a_refresh(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    # 30-second tokens with the default 60-second leeway: the leeway shrinks
+    # to half the lifetime instead of declaring each new token due at once.
+    make_token(expires_in=-1)
+    scripted.script(tokens(expires_in=30))
+    for _ in range(3):
+        assert get_access_token(user, "fake") == "new-access"
+    assert len(scripted.token_requests) == 1

@@ -16,11 +16,11 @@ class FakeAdapter(OAuth2Adapter):
     authorize_url = "http://127.0.0.1:9/authorize"
 
     @property
-    def access_token_url(self) -> str:  # type: ignore[override]
+    def access_token_url(self) -> str:
         return str(settings.FAKE_PROVIDER_TOKEN_URL)
 
     @property
-    def basic_auth(self) -> bool:  # type: ignore[override]
+    def basic_auth(self) -> bool:
         return bool(getattr(settings, "FAKE_PROVIDER_BASIC_AUTH", False))
 
     def complete_login(self, request: HttpRequest, app: Any, token: Any, **kwargs: Any) -> Any:

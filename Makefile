@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each creates .venv with python3 (3.11+) and installs what it needs from
+# this project's own files.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.test-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.demo-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python example_project/run_demo.py
+
+lint: $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy django_token_rotation tests
+
+clean:
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info

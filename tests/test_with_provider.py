@@ -1,0 +1,148 @@
+"""The engine against a real provider: django-oauth-toolkit with OpenID Connect,
+rotating single-use refresh tokens and reuse protection, in its own process."""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from typing import Any
+
+import pytest
+import requests
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.utils import timezone
+
+from django_token_rotation import ReauthenticationRequired, get_access_token, refresh
+from django_token_rotation.models import TokenState
+from tests.test_concurrency import DATABASES, PROCESSES, THREADS, collect, start_workers, worker_env
+
+
+def connect(alias: str, provider: Any, *, username: str = "alice") -> tuple[Any, SocialToken]:
+    """What allauth stores after a sign-in at the provider, with the access token expired."""
+    cache.clear()
+    grant = provider.password_grant()
+    app = SocialApp.objects.using(alias).create(
+        provider="openid_connect",
+        provider_id="dot",
+        name="DOT",
+        client_id=provider.client_id,
+        secret=provider.client_secret,
+        settings={"server_url": provider.server_url},
+    )
+    user = get_user_model().objects.db_manager(alias).create_user(username, "a@example.com", "x")
+    account = SocialAccount.objects.using(alias).create(user=user, provider="dot", uid="alice")
+    token = SocialToken.objects.using(alias).create(
+        account=account,
+        app=app,
+        token=grant["access_token"],
+        token_secret=grant["refresh_token"],
+        expires_at=timezone.now() - datetime.timedelta(seconds=1),
+    )
+    return user, token
+
+
+def userinfo(provider: Any, access_token: str) -> int:
+    response = requests.get(
+        f"{provider.server_url}/userinfo/",
+        headers={"Authorization": f"Bearer {access_token}"},
+        timeout=10,
+    )
+    return response.status_code
+
+
+@pytest.mark.django_db
+def test_refresh_rotates_at_a_real_provider(provider: Any) -> None:
+    user, token = connect("default", provider)
+    old_access, old_refresh = token.token, token.token_secret
+
+    access = get_access_token(user, "dot")
+
+    assert access != old_access
+    token.refresh_from_db()
+    assert token.token == access
+    assert token.token_secret and token.token_secret != old_refresh  # rotated
+    assert token.expires_at is not None and token.expires_at > timezone.now()
+    assert provider.stats()["refresh_calls"] == 1
+    assert userinfo(provider, access) == 200
+    # The provider really made the old refresh token single-use.
+    assert provider.refresh(old_refresh).status_code == 400
+
+
+@pytest.mark.django_db
+def test_rotated_token_keeps_working_over_several_refreshes(provider: Any) -> None:
+    user, token = connect("default", provider)
+    seen = {token.token_secret}
+    for _ in range(3):
+        refresh(token, force=True)
+        seen.add(token.token_secret)
+    assert len(seen) == 4
+    assert provider.stats()["refresh_calls"] == 3
+    assert userinfo(provider, get_access_token(user, "dot")) == 200
+    assert TokenState.objects.get(token=token).refresh_count == 3
+
+
+@pytest.mark.django_db
+def test_revoked_grant_is_a_permanent_failure(provider: Any) -> None:
+    user, token = connect("default", provider)
+    provider.revoke(token.token_secret)
+
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "dot")
+
+    assert excinfo.value.code == "invalid_grant"
+    state = TokenState.objects.get(token=token)
+    assert state.needs_reauth
+    token.refresh_from_db()
+    assert token.token_secret  # kept: nothing is overwritten by a failure
+
+
+@pytest.mark.django_db
+def test_invalid_client_is_a_permanent_failure(provider: Any) -> None:
+    user, token = connect("default", provider)
+    SocialApp.objects.update(secret="wrong-secret")
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "dot")
+    assert excinfo.value.code == "invalid_client"
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_racing_processes_never_replay_a_refresh_token(alias: str, provider: Any) -> None:
+    """With reuse protection on, a single replayed refresh token would revoke
+    the whole grant: every caller would then fail, and so would the check below."""
+    provider.set_delay(300)
+    user, token = connect(alias, provider)
+    workers = start_workers(
+        PROCESSES,
+        alias=alias,
+        user_id=user.pk,
+        provider="dot",
+        threads=THREADS,
+        env=worker_env(alias),
+    )
+    results = collect(workers)
+    provider.set_delay(0)
+
+    token.refresh_from_db()
+    outcomes = Counter(
+        "stored token" if r.get("token") == token.token else f"other: {r}" for r in results
+    )
+    stats = provider.stats()
+    print(
+        f"\n[{alias}, django-oauth-toolkit] {PROCESSES} processes x {THREADS} threads; "
+        f"refresh requests received: {stats['refresh_calls']}; outcomes: {dict(outcomes)}"
+    )
+    assert outcomes == {"stored token": PROCESSES * THREADS}
+    assert stats["refresh_calls"] == 1
+    assert len(set(stats["refresh_tokens_seen"])) == 1
+    # The grant is alive: the rotated refresh token still refreshes.
+    SocialToken.objects.using(alias).update(expires_at=timezone.now())
+    [after] = collect(
+        start_workers(
+            1, alias=alias, user_id=user.pk, provider="dot", threads=1, env=worker_env(alias)
+        )
+    )
+    assert "token" in after, after
+    assert provider.stats()["refresh_calls"] == 2
