@@ -16,7 +16,15 @@ from django.utils import timezone
 
 from django_token_rotation import ReauthenticationRequired, get_access_token, refresh
 from django_token_rotation.models import TokenState
-from tests.test_concurrency import DATABASES, PROCESSES, THREADS, collect, start_workers, worker_env
+from tests.test_concurrency import (
+    ALIASES,
+    DATABASES,
+    PROCESSES,
+    THREADS,
+    collect,
+    start_workers,
+    worker_env,
+)
 
 
 def connect(alias: str, provider: Any, *, username: str = "alice") -> tuple[Any, SocialToken]:
@@ -108,7 +116,7 @@ def test_invalid_client_is_a_permanent_failure(provider: Any) -> None:
 
 
 @pytest.mark.parametrize("alias", DATABASES)
-@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
 def test_racing_processes_never_replay_a_refresh_token(alias: str, provider: Any) -> None:
     """With reuse protection on, a single replayed refresh token would revoke
     the whole grant: every caller would then fail, and so would the check below."""
