@@ -133,7 +133,9 @@ def is_expired(token: SocialToken, state: TokenState | None = None) -> bool:
 
 def fingerprint(secret: str) -> str:
     """A keyed, truncated hash of a refresh token: tells two apart, reveals nothing."""
-    return salted_hmac("django_token_rotation.fingerprint", secret).hexdigest()[:32]
+    return salted_hmac("django_token_rotation.fingerprint", secret, algorithm="sha256").hexdigest()[
+        :32
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -378,9 +380,9 @@ class _Refresh:
             try:
                 answer = client.refresh_token_grant(endpoint, sent)
             except ReauthenticationRequired as exc:
-                return self._refused_by_provider(exc, sent)
+                return self._refused_by_provider(exc, sent, elapsed=time.monotonic() - started)
             except TokenRefreshUnavailable as exc:
-                self._record_transient(exc)
+                self._record_transient(exc, elapsed=time.monotonic() - started)
                 raise
             self._store(answer, sent, elapsed=time.monotonic() - started)
             return token
@@ -434,6 +436,7 @@ class _Refresh:
                         token=token,
                         provider=_provider_key(token),
                         rotated=rotated,
+                        duration=elapsed,
                     )
         except DatabaseError:
             logger.error(
@@ -466,7 +469,9 @@ class _Refresh:
                 _provider_key(token),
             )
 
-    def _refused_by_provider(self, exc: ReauthenticationRequired, sent: str) -> SocialToken:
+    def _refused_by_provider(
+        self, exc: ReauthenticationRequired, sent: str, *, elapsed: float
+    ) -> SocialToken:
         token = self.token
         state = _reload(token)
         if token.token_secret != sent:
@@ -503,10 +508,11 @@ class _Refresh:
             code=exc.code,
             permanent=True,
             retry_at=None,
+            duration=elapsed,
         )
         raise exc
 
-    def _record_transient(self, exc: TokenRefreshUnavailable) -> None:
+    def _record_transient(self, exc: TokenRefreshUnavailable, *, elapsed: float) -> None:
         token = self.token
         state = _load_state(token)
         failures = state.consecutive_failures + 1
@@ -541,6 +547,7 @@ class _Refresh:
             code=exc.code,
             permanent=False,
             retry_at=retry_at,
+            duration=elapsed,
         )
 
 
