@@ -1,0 +1,123 @@
+"""Settings of the demo site: django-allauth signs users in through the demo
+OpenID Connect provider, and ``django_token_rotation`` keeps their access
+tokens fresh. Start it with ``make demo`` (see ``run_demo.py``).
+
+Not for production: fixed secrets, DEBUG on, a SQLite file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from example_project import demo_config as demo
+
+BASE_DIR = demo.HERE
+
+SECRET_KEY = "demo-site-only-not-secret"
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "example_project.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "django_token_rotation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": demo.sqlite_database(demo.SITE_DB)}
+
+# The site and the provider share the host 127.0.0.1, and cookies ignore ports:
+# each keeps its cookies under its own names.
+SESSION_COOKIE_NAME = "demo_site_sessionid"
+CSRF_COOKIE_NAME = "demo_site_csrftoken"
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",  # the admin's own login
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+
+LOGIN_URL = "/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+ACCOUNT_LOGOUT_REDIRECT_URL = "/"
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+
+# --- django-allauth ----------------------------------------------------------
+
+# Users sign in with the provider only; no local passwords, no email round trip.
+SOCIALACCOUNT_ONLY = True
+ACCOUNT_EMAIL_VERIFICATION = "none"
+# Keep the access token, the refresh token (as ``token_secret``) and ``expires_at``:
+# django_token_rotation needs all three.
+SOCIALACCOUNT_STORE_TOKENS = True
+# The login URL needs a POST (with the CSRF token): a GET shows a confirmation page.
+SOCIALACCOUNT_LOGIN_ON_GET = False
+
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "openid_connect": {
+        "APPS": [
+            {
+                "provider_id": demo.PROVIDER_ID,
+                "name": demo.PROVIDER_NAME,
+                "client_id": demo.CLIENT_ID,
+                "secret": demo.CLIENT_SECRET,
+                "settings": {
+                    "server_url": demo.PROVIDER_ISSUER,
+                    "scope": ["openid", "profile", "email"],
+                    "oauth_pkce_enabled": True,
+                },
+            }
+        ],
+    }
+}
+
+# --- django_token_rotation -----------------------------------------------------
+
+# The provider's access tokens live 30 s; a token counts as due 10 s before it
+# expires (the default, 60 s, is longer than the whole lifetime).
+TOKEN_ROTATION_LEEWAY = 10
+
+LOGGING = demo.logging_config(
+    {
+        # One INFO line per refresh ("Refreshed token 1 of provider demo in 40 ms ...").
+        "django_token_rotation": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    }
+)
