@@ -10,3 +10,8 @@ class TokenRotationConfig(AppConfig):
     verbose_name = _("Token rotation")
     # Pinned so that migrations are the same whatever DEFAULT_AUTO_FIELD a site uses.
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the system checks and connects the signal receivers.
+        # history: the refresh history; revocation: optional revocation on logout / disconnect.
+        from . import checks, history, receivers, revocation  # noqa: F401

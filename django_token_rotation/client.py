@@ -1,7 +1,8 @@
 """The only module that speaks HTTP to a provider.
 
-It sends the refresh-token grant, reads the answer under a size and time cap,
-and turns it into either a validated :class:`TokenResponse` or one of the typed
+It sends the refresh-token grant (and RFC 7009 revocation requests), reads the
+answer under a size and time cap, and turns it into either validated data
+(:class:`TokenResponse`, :class:`RevocationResponse`) or one of the typed
 exceptions of :mod:`django_token_rotation.exceptions`. It never logs, and never
 puts in an exception, a body, a header value or any token.
 """
@@ -110,11 +111,11 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
     )
 
 
-def fetch_json(url: str, *, provider: str) -> dict[str, Any]:
+def fetch_json(url: str, *, provider: str, timeout: float | None = None) -> dict[str, Any]:
     """GET a JSON document (an OpenID Connect discovery document) under the same caps."""
     endpoint = TokenEndpoint(url=url, client_id="", client_secret="", provider=provider)
     status, content_type, body, _headers = _send(
-        endpoint, "GET", headers={"Accept": "application/json"}
+        endpoint, "GET", headers={"Accept": "application/json"}, timeout=timeout
     )
     if status != 200:
         raise TokenRefreshUnavailable(
@@ -132,6 +133,65 @@ def fetch_json(url: str, *, provider: str) -> dict[str, Any]:
     return document
 
 
+@dataclass(frozen=True)
+class RevocationResponse:
+    """A revocation endpoint's answer (RFC 7009 2.2): 200 means revoked (or
+    already invalid); anything else carries the status and the error code."""
+
+    status: int
+    error: str | None = None
+    retry_at: datetime.datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.status == 200
+
+
+def revoke_token(
+    endpoint_url: str,
+    token: str,
+    token_type_hint: str,
+    *,
+    credentials: TokenEndpoint,
+    timeout: float | None = None,
+) -> RevocationResponse:
+    """Ask ``endpoint_url`` to revoke ``token`` (RFC 7009), authenticating as the
+    client of ``credentials`` exactly as for a refresh.
+
+    Network failures and oversized answers raise :class:`TokenRefreshUnavailable`
+    (code ``timeout``, ``connection_error``, ``malformed_response``); every
+    answer that arrives is returned, classified by status and error code only.
+    """
+    data = {"token": token, "token_type_hint": token_type_hint}
+    auth = None
+    if credentials.basic_auth and credentials.client_secret:
+        auth = requests.auth.HTTPBasicAuth(credentials.client_id, credentials.client_secret)
+    else:
+        data[credentials.client_id_parameter] = credentials.client_id
+        if credentials.client_secret:
+            data["client_secret"] = credentials.client_secret
+    target = TokenEndpoint(
+        url=endpoint_url,
+        client_id=credentials.client_id,
+        client_secret="",
+        provider=credentials.provider,
+    )
+    status, content_type, body, response_headers = _send(
+        target,
+        "POST",
+        data=data,
+        headers={"Accept": "application/json", **(credentials.headers or {})},
+        auth=auth,
+        timeout=timeout,
+    )
+    error = None if status == 200 else _error_code(_decode_body(content_type, body))
+    return RevocationResponse(
+        status=status,
+        error=error,
+        retry_at=_retry_at(response_headers.get("Retry-After")) if status != 200 else None,
+    )
+
+
 def _send(
     endpoint: TokenEndpoint,
     method: str,
@@ -140,8 +200,9 @@ def _send(
     data: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     auth: requests.auth.AuthBase | None = None,
+    timeout: float | None = None,
 ) -> tuple[int, str, bytes, Mapping[str, str]]:
-    timeout = app_settings.TIMEOUT
+    timeout = app_settings.TIMEOUT if timeout is None else timeout
     limit = app_settings.MAX_RESPONSE_BYTES
     provider = endpoint.provider
     # allauth's session, so that a site's proxies, certificates or retries

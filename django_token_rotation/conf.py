@@ -6,6 +6,8 @@ Reading through properties (instead of copying values at import time) means
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 from django.conf import settings
@@ -92,6 +94,87 @@ class Settings:
         if not isinstance(value, str):
             raise ImproperlyConfigured(f"{self.prefix}CACHE must be a cache alias.")
         return value
+
+    # -- history and revocation (admin, refresh_tokens) ------------------------
+
+    @property
+    def HISTORY_RETENTION(self) -> int:
+        """Refresh events kept per token (the oldest are pruned); 0 records none."""
+        return int(self._number("HISTORY_RETENTION", 50))
+
+    @property
+    def REVOKE_ON_LOGOUT(self) -> bool:
+        """Revoke the user's tokens at the provider (RFC 7009) when they log out."""
+        return bool(self._get("REVOKE_ON_LOGOUT", False))
+
+    @property
+    def REVOKE_ON_DISCONNECT(self) -> bool:
+        """Revoke a social account's tokens at the provider when it is disconnected."""
+        return bool(self._get("REVOKE_ON_DISCONNECT", False))
+
+    @property
+    def REVOKE_TIMEOUT(self) -> float:
+        """Seconds logout or disconnect spends on revocation, all tokens together."""
+        return self._number("REVOKE_TIMEOUT", 2, minimum=0.001)
+
+    @property
+    def REVOCATION_ENDPOINTS(self) -> dict[str, str]:
+        """RFC 7009 revocation endpoints by provider id, for providers that do not
+        advertise one in an OpenID Connect discovery document."""
+        value = self._get("REVOCATION_ENDPOINTS", {})
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ImproperlyConfigured(
+                f"{self.prefix}REVOCATION_ENDPOINTS must map provider ids to URLs."
+            )
+        return value
+
+    # -- request layer -------------------------------------------------------
+
+    @property
+    def PROVIDERS(self) -> frozenset[str] | None:
+        """Provider ids the middleware keeps fresh; ``None``: every provider whose
+        token has a refresh token."""
+        value = self._get("PROVIDERS", None)
+        if value is None:
+            return None
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ImproperlyConfigured(f"{self.prefix}PROVIDERS must be a list of provider ids.")
+        return frozenset(value)
+
+    @property
+    def CONTEXT_NAME(self) -> str:
+        """Name of the template variable the context processor sets."""
+        value = self._get("CONTEXT_NAME", "session")
+        if not isinstance(value, str) or not value.isidentifier():
+            raise ImproperlyConfigured(f"{self.prefix}CONTEXT_NAME must be an identifier.")
+        return value
+
+    @property
+    def EXEMPT_PATHS(self) -> tuple[re.Pattern[str], ...]:
+        """Regular expressions of paths (``request.path_info``) the middleware ignores."""
+        value = self._get("EXEMPT_PATHS", ())
+        if isinstance(value, str):
+            raise ImproperlyConfigured(f"{self.prefix}EXEMPT_PATHS must be a list of patterns.")
+        return tuple(_compiled(pattern) for pattern in value)
+
+    @property
+    def REDIRECT_ON_ERROR(self) -> bool:
+        """Redirect HTML page loads to sign-in once a refresh failed for good
+        (instead of letting the template show ``{% reauth_prompt %}``)."""
+        return bool(self._get("REDIRECT_ON_ERROR", False))
+
+    @property
+    def SESSION_RECHECK(self) -> float:
+        """Longest time (seconds) a session trusts its summary of the user's tokens
+        before looking at the database again (new tokens, errors seen elsewhere)."""
+        return self._number("SESSION_RECHECK", 300, minimum=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 app_settings = Settings()

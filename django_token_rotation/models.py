@@ -66,3 +66,52 @@ class TokenState(models.Model):
             f"<TokenState token_id={self.token_id} refresh_count={self.refresh_count} "
             f"needs_reauth={self.needs_reauth} last_error={self.last_error!r}>"
         )
+
+
+class RefreshEvent(models.Model):
+    """One refresh attempt that reached the provider: when, how it ended, how long it took.
+
+    Written by :mod:`django_token_rotation.history` from the engine's signals;
+    ``TOKEN_ROTATION_HISTORY_RETENTION`` bounds how many are kept per token. It
+    never holds a token value.
+    """
+
+    class Outcome(models.TextChoices):
+        REFRESHED = "refreshed", _("refreshed")
+        FAILED_TRANSIENT = "failed_transient", _("failed, will retry")
+        FAILED_PERMANENT = "failed_permanent", _("failed, sign-in required")
+
+    token = models.ForeignKey(
+        SocialToken,
+        on_delete=models.CASCADE,
+        related_name="refresh_events",
+        verbose_name=_("token"),
+    )
+    at = models.DateTimeField(_("time"), db_index=True)
+    outcome = models.CharField(_("outcome"), max_length=32, choices=Outcome.choices)
+    error_code = models.CharField(_("error code"), max_length=64, blank=True, default="")
+    duration = models.FloatField(
+        _("duration (s)"), null=True, blank=True, help_text=_("Time the provider took.")
+    )
+    rotated = models.BooleanField(
+        _("refresh token rotated"),
+        null=True,
+        blank=True,
+        help_text=_("Whether the provider sent a new refresh token (successful refreshes)."),
+    )
+    retry_at = models.DateTimeField(_("next retry at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("refresh event")
+        verbose_name_plural = _("refresh history")
+        ordering = ("-at", "-pk")
+        indexes = [models.Index(fields=["token", "-at"], name="token_rotation_event_token_at")]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} of token {self.token_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    def __repr__(self) -> str:
+        return (
+            f"<RefreshEvent token_id={self.token_id} outcome={self.outcome!r} "
+            f"error_code={self.error_code!r}>"
+        )

@@ -27,6 +27,8 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -194,6 +196,80 @@ def access_token_for(token: SocialToken) -> str:
             if is_expired(token):
                 raise
     return str(token.token)
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """The outcome of :func:`check_user_tokens` for one token. No token value."""
+
+    provider: str
+    token_id: int
+    expires_at: datetime.datetime | None
+    #: When this token must be looked at again (``None``: not until something changes).
+    next_check: datetime.datetime | None
+    #: Set when the user must sign in again at this provider.
+    error: ReauthenticationRequired | None = None
+    #: Set when a refresh failed for now; the current token may still be valid.
+    unavailable: TokenRefreshUnavailable | None = None
+
+
+def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) -> list[TokenCheck]:
+    """Refresh the user's due tokens; say when each must be looked at next.
+
+    Covers every stored token with a refresh token (one per provider: the
+    newest), or only those of ``providers``. Tokens of providers that cannot
+    be refreshed are left out. This is the request layer's one entry point.
+    """
+    tokens = (
+        SocialToken.objects.filter(account__user_id=user_id)
+        .exclude(token_secret="")
+        .select_related("account", "app", "rotation_state")
+        .order_by(F("expires_at").desc(nulls_last=True), "-pk")
+    )
+    seen: set[str] = set()
+    checks = []
+    for token in tokens:
+        provider = _provider_key(token)
+        if provider in seen or (providers is not None and provider not in providers):
+            continue
+        seen.add(provider)
+        check = _check(token)
+        if check is not None:
+            checks.append(check)
+    return checks
+
+
+def _check(token: SocialToken) -> TokenCheck | None:
+    provider = _provider_key(token)
+    state = _cached_state(token)
+    error = unavailable = None
+    if needs_refresh(token, state):
+        try:
+            refresh(token)
+        except ProviderNotRefreshable:
+            return None
+        except ReauthenticationRequired as exc:
+            error = exc
+        except TokenRefreshUnavailable as exc:
+            unavailable = exc
+        state = _cached_state(token)
+    expires = expiry(token, state)
+    next_check: datetime.datetime | None = None
+    if error is None and expires is not None:
+        next_check = expires - datetime.timedelta(seconds=leeway(token, state))
+        if unavailable is not None:
+            # Due already: look again when the back-off allows a new attempt.
+            next_check = unavailable.retry_at or _now() + datetime.timedelta(
+                seconds=app_settings.RETRY_BACKOFF
+            )
+    return TokenCheck(
+        provider=provider,
+        token_id=token.pk,
+        expires_at=expires,
+        next_check=next_check,
+        error=error,
+        unavailable=unavailable,
+    )
 
 
 def refresh(token: SocialToken, force: bool = False) -> SocialToken:
@@ -597,7 +673,9 @@ def _send_on_commit(signal: Any, **kwargs: Any) -> None:
 
 
 __all__ = [
+    "TokenCheck",
     "access_token_for",
+    "check_user_tokens",
     "expiry",
     "find_token",
     "get_access_token",

@@ -1,0 +1,125 @@
+"""A token's health, computed from the stored data: what the admin shows and filters on.
+
+Nothing here calls a provider or changes anything. The order of the checks
+is the order of what an operator must act on first.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+
+from allauth.socialaccount.models import SocialToken
+from django.db import models
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import rotation
+from .conf import app_settings
+from .models import TokenState
+
+
+class Status(models.TextChoices):
+    SIGN_IN_REQUIRED = "sign_in_required", _("sign-in required")
+    NO_REFRESH_TOKEN = "no_refresh_token", _("no refresh token")
+    FAILING = "failing", _("refresh failing (transient)")
+    EXPIRED = "expired", _("expired")
+    EXPIRING = "expiring", _("expiring soon")
+    FRESH = "fresh", _("fresh")
+
+
+def state_of(token: SocialToken) -> TokenState | None:
+    """The token's ``TokenState`` if it has one (no query when it was selected)."""
+    try:
+        return token.rotation_state  # type: ignore[no-any-return]
+    except TokenState.DoesNotExist:
+        return None
+
+
+def refused(token: SocialToken, state: TokenState | None) -> bool:
+    """Whether the provider refused the refresh token that is stored now."""
+    return (
+        state is not None
+        and state.needs_reauth
+        and bool(token.token_secret)
+        and state.failed_fingerprint == rotation.fingerprint(token.token_secret)
+    )
+
+
+def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
+    """The token's status. A recorded failure of a refresh token that has since
+    been replaced (the user signed in again) no longer counts."""
+    now = now or timezone.now()
+    state = state_of(token)
+    if refused(token, state):
+        return Status.SIGN_IN_REQUIRED
+    if not token.token_secret:
+        return Status.NO_REFRESH_TOKEN
+    if (
+        state is not None
+        and state.consecutive_failures
+        and state.next_retry_at is not None
+        and not state.needs_reauth
+    ):
+        return Status.FAILING
+    expires = rotation.expiry(token, state)
+    if expires is not None and now >= expires:
+        return Status.EXPIRED
+    if rotation.needs_refresh(token, state, now=now):
+        return Status.EXPIRING
+    return Status.FRESH
+
+
+def _candidates(wanted: Status, now: datetime.datetime) -> Q:
+    """A superset, in SQL, of the tokens that may have status ``wanted``."""
+    horizon = now + datetime.timedelta(seconds=app_settings.LEEWAY)
+    unknown_expiry = Q(expires_at__isnull=True)
+    if wanted == Status.SIGN_IN_REQUIRED:
+        return Q(rotation_state__needs_reauth=True) & ~Q(token_secret="")
+    if wanted == Status.NO_REFRESH_TOKEN:
+        return Q(token_secret="")
+    if wanted == Status.FAILING:
+        return Q(
+            rotation_state__consecutive_failures__gt=0, rotation_state__next_retry_at__isnull=False
+        )
+    if wanted == Status.EXPIRED:
+        return Q(expires_at__lte=now) | unknown_expiry
+    if wanted == Status.EXPIRING:
+        return Q(expires_at__lte=horizon) | unknown_expiry
+    # Not fresh: any of the above.
+    return (
+        Q(rotation_state__needs_reauth=True)
+        | Q(token_secret="")
+        | Q(rotation_state__consecutive_failures__gt=0)
+        | Q(expires_at__lte=horizon)
+        | unknown_expiry
+    )
+
+
+def _matching(
+    queryset: QuerySet[SocialToken], candidates: Q, test: Status, now: datetime.datetime
+) -> Iterator[tuple[int, bool]]:
+    rows = queryset.filter(candidates).select_related("rotation_state").order_by("pk")
+    for token in rows.iterator(chunk_size=500):
+        yield token.pk, status(token, now) == test
+
+
+def filter_by_status(
+    queryset: QuerySet[SocialToken], wanted: Status, now: datetime.datetime | None = None
+) -> QuerySet[SocialToken]:
+    """``queryset`` narrowed to the tokens whose :func:`status` is ``wanted``.
+
+    The status needs Python (a keyed hash, JWT expiries, the leeway rule), so
+    SQL narrows the candidates and Python decides; fresh tokens, the bulk, are
+    found by excluding the others, so they are never loaded for this.
+    """
+    now = now or timezone.now()
+    candidates = _candidates(wanted, now)
+    if wanted == Status.FRESH:
+        not_fresh = [
+            pk for pk, fresh in _matching(queryset, candidates, Status.FRESH, now) if not fresh
+        ]
+        return queryset.exclude(pk__in=not_fresh)
+    pks = [pk for pk, match in _matching(queryset, candidates, wanted, now) if match]
+    return queryset.filter(pk__in=pks)

@@ -1,0 +1,211 @@
+"""``TokenRefreshMiddleware``: keeps the signed-in user's tokens fresh on every request.
+
+Place it after ``SessionMiddleware``, ``AuthenticationMiddleware`` and allauth's
+``AccountMiddleware``. The common request (every token fresh) is answered from
+a summary kept in the session: no database query. When a token is due, it is
+refreshed through the engine (``rotation.check_user_tokens``), which is the
+only refresh path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import Resolver404, resolve, reverse
+from django.urls.exceptions import NoReverseMatch
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from . import REFRESH_ACCESS_TOKEN_ERROR, providers, rotation
+from . import session as token_session
+from .conf import app_settings
+
+logger = logging.getLogger("django_token_rotation")
+
+GetResponse = Callable[[HttpRequest], Any]
+
+
+class TokenRefreshMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        response = self.process(request)
+        if response is not None:
+            return response
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        response = await self.aprocess(request)
+        if response is not None:
+            return response
+        get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
+        return await get_response(request)
+
+    # -- the two halves -----------------------------------------------------
+
+    def process(self, request: HttpRequest) -> HttpResponse | None:
+        if _exempt_by_setting(request):
+            return None
+        user_id = token_session.auth_user_id(request)
+        if user_id is None:
+            return None
+        summary = token_session.summary(request)
+        if not token_session.is_current(summary, user_id, time.time()):
+            summary = recheck(request)
+        return self._respond_to_error(request, summary)
+
+    async def aprocess(self, request: HttpRequest) -> HttpResponse | None:
+        if _exempt_by_setting(request):
+            return None
+        user_id = await token_session.aauth_user_id(request)
+        if user_id is None:
+            return None
+        summary = await token_session.asummary(request)
+        if not token_session.is_current(summary, user_id, time.time()):
+            summary = await sync_to_async(recheck)(request)
+        if token_session.error_of(summary) is None:
+            return None
+        return await sync_to_async(self._respond_to_error)(request, summary)
+
+    def _respond_to_error(
+        self, request: HttpRequest, summary: dict[str, Any] | None
+    ) -> HttpResponse | None:
+        error = token_session.error_of(summary)
+        if error is None or _is_signin_flow(request):
+            return None
+        return interrupt(request, error)
+
+
+def recheck(request: HttpRequest) -> dict[str, Any] | None:
+    """Look at the database: refresh due tokens, rebuild the session summary."""
+    user = request.user
+    if not user.is_authenticated:
+        token_session.clear(request)
+        return None
+    now = time.time()
+    checks = rotation.check_user_tokens(user.pk, app_settings.PROVIDERS)
+    check_at = now + app_settings.SESSION_RECHECK
+    tokens: dict[str, dict[str, Any]] = {}
+    error: dict[str, Any] | None = None
+    for check in checks:
+        tokens[check.provider] = {
+            "id": check.token_id,
+            "expires_at": _timestamp(check.expires_at),
+        }
+        if check.next_check is not None:
+            check_at = min(check_at, check.next_check.timestamp())
+        if check.error is not None and error is None:
+            error = {"provider": check.provider, "code": check.error.code}
+            error.update(_signin(request, check.token_id))
+    summary: dict[str, Any] = {"user": str(user.pk), "check_at": check_at, "tokens": tokens}
+    if error is not None:
+        summary["error"] = error
+    token_session.store(request, summary)
+    return summary
+
+
+def _timestamp(value: datetime.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _signin(request: HttpRequest, token_id: int) -> dict[str, str]:
+    """The provider's sign-in URL and name, computed once when the error appears."""
+    from allauth.socialaccount.models import SocialToken
+
+    try:
+        token = SocialToken.objects.select_related("account", "app").get(pk=token_id)
+        provider = providers.get_provider(token)
+        return {"login_url": provider.get_login_url(request), "provider_name": provider.name}
+    except Exception:  # any failure here must not break the page
+        logger.warning("No sign-in URL for token %s; using the account login page.", token_id)
+        try:
+            return {"login_url": reverse("account_login")}
+        except NoReverseMatch:
+            return {"login_url": "/"}
+
+
+def reauth_url(request: HttpRequest, error: dict[str, Any], next_url: str | None) -> str:
+    """The URL that signs the user in again at the affected provider."""
+    url = str(error.get("login_url") or "/")
+    params = {"process": "login"}
+    if next_url and url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        params["next"] = next_url
+    return f"{url}?{urlencode(params)}"
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """A ``fetch``/XHR/API call rather than a page load."""
+    headers = request.headers
+    if headers.get("X-Requested-With") == "XMLHttpRequest":
+        return True
+    if headers.get("Sec-Fetch-Dest") == "empty":  # fetch() and XHR in modern browsers
+        return True
+    if (headers.get("Content-Type") or "").startswith("application/json"):
+        return True
+    accept = headers.get("Accept") or ""
+    return "json" in accept and "text/html" not in accept
+
+
+def interrupt(request: HttpRequest, error: dict[str, Any]) -> HttpResponse | None:
+    """The answer to a request whose user must sign in again, or ``None`` to let it through."""
+    if request.headers.get("HX-Request") == "true":
+        next_url = _local_path(request, request.headers.get("HX-Current-URL"))
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = reauth_url(request, error, next_url)
+        return response
+    if wants_json(request):
+        next_url = _local_path(request, request.headers.get("Referer"))
+        return JsonResponse(
+            {
+                "error": REFRESH_ACCESS_TOKEN_ERROR,
+                "provider": error.get("provider"),
+                "reauth_url": reauth_url(request, error, next_url),
+            },
+            status=401,
+        )
+    if app_settings.REDIRECT_ON_ERROR and request.method in ("GET", "HEAD"):
+        return HttpResponseRedirect(reauth_url(request, error, request.get_full_path()))
+    return None
+
+
+def _local_path(request: HttpRequest, url: str | None) -> str | None:
+    """The path of ``url`` if it points at this site, else ``None``."""
+    if not url or not url_has_allowed_host_and_scheme(
+        url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return None
+    return urlsplit(url).path
+
+
+def _exempt_by_setting(request: HttpRequest) -> bool:
+    path = request.path_info
+    return any(pattern.match(path) for pattern in app_settings.EXEMPT_PATHS)
+
+
+def _is_signin_flow(request: HttpRequest) -> bool:
+    """allauth's own views (sign-in, callback, logout...) are never interrupted."""
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return False
+    module = getattr(match.func, "__module__", "") or ""
+    return module.startswith("allauth.") or (match.url_name or "").startswith(
+        ("account_", "socialaccount_")
+    )

@@ -1,0 +1,131 @@
+"""The only module that knows what this app keeps in the session.
+
+The middleware keeps a small summary of the signed-in user's tokens in the
+session, so that the common request (every token fresh) is answered from the
+session alone, without a database query::
+
+    {
+        "user": "42",                  # the session's auth user id
+        "check_at": 1764241234.5,      # next time the database must be looked at
+        "tokens": {"google": {"id": 7, "expires_at": 1764241294.5}},
+        "error": {"provider": "google", "code": "invalid_grant",
+                  "login_url": "/accounts/google/login/"},
+    }
+
+No token value is ever stored here.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import SESSION_KEY as AUTH_USER_KEY
+from django.http import HttpRequest
+
+from . import REFRESH_ACCESS_TOKEN_ERROR
+
+KEY = "_token_rotation"
+
+
+@dataclass(frozen=True)
+class TokenSession:
+    """What templates see as ``{{ session }}`` (the Auth.js ``session`` object).
+
+    ``error`` is ``"RefreshAccessTokenError"`` once a refresh failed for good,
+    else ``""``. ``provider`` is the allauth provider id concerned,
+    ``expires_at`` the earliest expiry of the user's access tokens. It never
+    holds a token value.
+    """
+
+    error: str = ""
+    provider: str = ""
+    code: str = ""
+    login_url: str = ""
+    expires_at: datetime.datetime | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.error)
+
+
+def auth_user_id(request: HttpRequest) -> str | None:
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    value = session.get(AUTH_USER_KEY)
+    return None if value is None else str(value)
+
+
+async def aauth_user_id(request: HttpRequest) -> str | None:
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    value = await session.aget(AUTH_USER_KEY)
+    return None if value is None else str(value)
+
+
+def summary(request: HttpRequest) -> dict[str, Any] | None:
+    session = getattr(request, "session", None)
+    value = session.get(KEY) if session is not None else None
+    return value if isinstance(value, dict) else None
+
+
+async def asummary(request: HttpRequest) -> dict[str, Any] | None:
+    session = getattr(request, "session", None)
+    value = await session.aget(KEY) if session is not None else None
+    return value if isinstance(value, dict) else None
+
+
+def is_current(value: dict[str, Any] | None, user_id: str | None, now: float) -> bool:
+    """Whether the summary can be trusted for this request without the database."""
+    if value is None or user_id is None or value.get("user") != user_id:
+        return False
+    check_at = value.get("check_at")
+    return isinstance(check_at, (int, float)) and now < check_at
+
+
+def store(request: HttpRequest, value: dict[str, Any]) -> None:
+    if summary(request) != value:
+        request.session[KEY] = value
+
+
+def clear(request: HttpRequest) -> None:
+    session = getattr(request, "session", None)
+    if session is not None and KEY in session:
+        del session[KEY]
+
+
+def error_of(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    error = value.get("error") if value else None
+    return error if isinstance(error, dict) else None
+
+
+def token_session(value: dict[str, Any] | None) -> TokenSession:
+    """The template-facing view of a summary."""
+    expiries: list[float] = [
+        entry["expires_at"]
+        for entry in (value or {}).get("tokens", {}).values()
+        if isinstance(entry, dict) and isinstance(entry.get("expires_at"), (int, float))
+    ]
+    expires_at = (
+        datetime.datetime.fromtimestamp(min(expiries), tz=datetime.UTC) if expiries else None
+    )
+    error = error_of(value)
+    if error is None:
+        return TokenSession(expires_at=expires_at)
+    return TokenSession(
+        error=REFRESH_ACCESS_TOKEN_ERROR,
+        provider=str(error.get("provider") or ""),
+        code=str(error.get("code") or ""),
+        login_url=str(error.get("login_url") or ""),
+        expires_at=expires_at,
+    )
+
+
+def for_request(request: HttpRequest) -> TokenSession:
+    """The ``TokenSession`` of this request (empty for anonymous users)."""
+    value = summary(request)
+    if value is None or value.get("user") != auth_user_id(request):
+        return TokenSession()
+    return token_session(value)

@@ -1,0 +1,151 @@
+"""The token list in a real browser: headless Chromium (Debian's ``chromium``)
+driven by Playwright logs into the admin of a live server and reads the list.
+
+Skipped, with the reason, where Chromium or Playwright is missing; under
+``CI=true`` their absence fails the run instead (``.ci/run`` installs both).
+A screenshot of the list is saved under ``test-artifacts/``; with
+``TOKEN_ROTATION_UPDATE_SCREENSHOT=1`` it also replaces the README's copy,
+``docs/admin-token-list.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialAccount, SocialToken
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from django_token_rotation import rotation
+from django_token_rotation.models import RefreshEvent, TokenState
+from tests.conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("TOKEN_ROTATION_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+README_COPY = ROOT / "docs" / "admin-token-list.png"
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install -e '.[browser]')"
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+MISSING = _missing()
+if MISSING and IN_CI:
+    raise pytest.UsageError(f"{MISSING}, and CI=true: the browser test must run in CI.")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+ACCESS = "browser-access-" + "a" * 40
+REFRESH = "browser-refresh-" + "b" * 40
+
+
+def _seed() -> None:
+    User = get_user_model()
+    User.objects.create_superuser("operator", "op@example.com", "operator-password")
+    now = timezone.now()
+    hour_ago = now - datetime.timedelta(minutes=59)
+    rows: list[tuple[str, str, float, dict[str, Any]]] = [
+        (
+            "ada",
+            "google",
+            2900,
+            {
+                "refresh_count": 12,
+                "last_refreshed_at": now,
+                "refresh_expires_at": now + datetime.timedelta(days=30),
+            },
+        ),
+        ("grace", "google", 40, {"refresh_count": 3, "last_refreshed_at": hour_ago}),
+        ("alan", "keycloak", -180, {"refresh_count": 1}),
+        (
+            "barbara",
+            "keycloak",
+            -20,
+            {
+                "consecutive_failures": 2,
+                "last_error": "server_error",
+                "next_retry_at": now + datetime.timedelta(seconds=20),
+            },
+        ),
+        ("edsger", "google", -7200, {"needs_reauth": True, "last_error": "invalid_grant"}),
+        ("margaret", "github", 6 * 3600, {}),
+    ]
+    for i, (name, provider, expires_in, state) in enumerate(rows):
+        user = User.objects.create_user(name, f"{name}@example.com", "pw")
+        account = SocialAccount.objects.create(user=user, provider=provider, uid=name)
+        token = SocialToken.objects.create(
+            account=account,
+            token=f"{ACCESS}{i}",
+            token_secret="" if provider == "github" else f"{REFRESH}{i}",
+            expires_at=now + datetime.timedelta(seconds=expires_in),
+        )
+        if state.get("needs_reauth"):
+            state["failed_fingerprint"] = rotation.fingerprint(token.token_secret)
+        if state:
+            TokenState.objects.create(token=token, **state)
+            RefreshEvent.objects.create(token=token, at=now, outcome="refreshed", duration=0.2)
+
+
+@pytest.fixture
+def server(django_db_setup: None, live_server: Any) -> Any:
+    """The live server, started after the test database exists: started first,
+    it would share the main thread's SQLite connection with its request threads."""
+    return live_server
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operator_sees_the_token_list(server: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _seed()  # all database work before Playwright starts its event loop
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "admin-token-list.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 600})
+            # The list without the admin's navigation sidebar, for the screenshot.
+            page.add_init_script("localStorage.setItem('django.admin.navSidebarIsOpen', 'false')")
+            page.goto(f"{server.url}/admin/login/?next=/admin/socialaccount/socialtoken/")
+            page.fill("#id_username", "operator")
+            page.fill("#id_password", "operator-password")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#result_list")
+            text = page.inner_text("#result_list")
+            html = page.content()
+            page.screenshot(path=str(shot))
+            page.goto(f"{server.url}/admin/socialaccount/socialtoken/?status=sign_in_required")
+            filtered = page.inner_text("#result_list")
+        finally:
+            browser.close()
+
+    for label in ("fresh", "expiring soon", "expired", "refresh failing (transient)"):
+        assert label in text
+    assert "sign-in required" in text and "no refresh token" in text
+    assert "invalid_grant" in text and "server_error" in text
+    assert "edsger" in filtered and "ada" not in filtered
+    assert ACCESS not in html and REFRESH not in html
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("TOKEN_ROTATION_UPDATE_SCREENSHOT") == "1":
+        README_COPY.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, README_COPY)

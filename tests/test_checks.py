@@ -1,0 +1,155 @@
+"""System checks: each by its id, plus one full ``check`` run."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialApp
+from django.core.management import call_command
+
+from django_token_rotation import checks
+
+OURS = "django_token_rotation.middleware.TokenRefreshMiddleware"
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_the_test_settings_pass_every_check() -> None:
+    out = StringIO()
+    call_command("check", stdout=out)
+    assert "no issues" in out.getvalue()
+
+
+def test_setup_is_clean() -> None:
+    assert checks.check_setup() == []
+
+
+def test_store_tokens_must_be_on(settings: Any) -> None:
+    settings.SOCIALACCOUNT_STORE_TOKENS = False
+    assert ids(checks.check_setup()) == ["token_rotation.E002"]
+
+
+def test_socialaccount_must_be_installed(settings: Any) -> None:
+    settings.INSTALLED_APPS = [
+        app for app in settings.INSTALLED_APPS if not app.startswith("allauth.socialaccount")
+    ]
+    assert "token_rotation.E001" in ids(checks.check_setup())
+
+
+def test_missing_middleware_is_a_warning(settings: Any) -> None:
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != OURS]
+    [message] = checks.check_setup()
+    assert message.id == "token_rotation.W003"
+    assert OURS in (message.hint or "")
+
+
+@pytest.mark.parametrize(
+    "prerequisite",
+    [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "allauth.account.middleware.AccountMiddleware",
+    ],
+)
+def test_middleware_must_come_after_its_prerequisites(settings: Any, prerequisite: str) -> None:
+    middleware = [m for m in settings.MIDDLEWARE if m != OURS]
+    middleware.insert(middleware.index(prerequisite), OURS)
+    settings.MIDDLEWARE = middleware
+    messages = checks.check_setup()
+    assert "token_rotation.E004" in ids(messages)
+    assert any(prerequisite in m.msg for m in messages)
+
+
+def test_missing_prerequisite(settings: Any) -> None:
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "AccountMiddleware" not in m]
+    [message] = checks.check_setup()
+    assert message.id == "token_rotation.E004"
+    assert "is missing from" in message.msg
+
+
+def test_subclassed_middleware_is_recognised(settings: Any) -> None:
+    settings.MIDDLEWARE = [
+        "tests.test_checks.MyMiddleware" if m == OURS else m for m in settings.MIDDLEWARE
+    ]
+    assert checks.check_setup() == []
+
+
+def test_invalid_setting(settings: Any) -> None:
+    settings.TOKEN_ROTATION_LEEWAY = "soon"
+    messages = checks.check_setup()
+    assert ids(messages) == ["token_rotation.E005"]
+    assert "TOKEN_ROTATION_LEEWAY" in messages[0].msg
+
+
+def test_lease_must_outlast_the_timeout(settings: Any) -> None:
+    settings.TOKEN_ROTATION_LEASE = 5
+    settings.TOKEN_ROTATION_TIMEOUT = 10
+    assert ids(checks.check_setup()) == ["token_rotation.E006"]
+
+
+@pytest.mark.parametrize(
+    ("providers", "expected"),
+    [
+        ({"google": {"SCOPE": ["email"]}}, ["token_rotation.W007"]),
+        ({"google": {"AUTH_PARAMS": {"access_type": "offline"}}}, []),
+        (
+            {"google": {"APP": {"client_id": "x", "settings": {"auth_params": {}}}}},
+            ["token_rotation.W007"],
+        ),
+        ({"microsoft": {"SCOPE": ["User.Read"]}}, ["token_rotation.W007"]),
+        ({"microsoft": {"SCOPE": ["User.Read", "offline_access"]}}, []),
+        (
+            {"openid_connect": {"APPS": [{"provider_id": "kc", "settings": {}}]}},
+            ["token_rotation.W007"],
+        ),
+        (
+            {
+                "openid_connect": {
+                    "APPS": [
+                        {
+                            "provider_id": "kc",
+                            "settings": {"scope": ["openid", "offline_access"]},
+                        }
+                    ]
+                }
+            },
+            [],
+        ),
+        ({"github": {"SCOPE": ["user"]}}, []),
+    ],
+)
+def test_refresh_tokens_must_be_asked_for(
+    settings: Any, providers: dict[str, Any], expected: list[str]
+) -> None:
+    settings.SOCIALACCOUNT_PROVIDERS = providers
+    messages = checks.check_offline_access()
+    assert ids(messages) == expected
+    for message in messages:
+        assert message.hint
+
+
+@pytest.mark.django_db
+def test_database_apps_are_checked_with_database_checks() -> None:
+    SocialApp.objects.create(provider="google", name="G", client_id="g", secret="s")
+    SocialApp.objects.create(
+        provider="google",
+        name="G offline",
+        client_id="g2",
+        secret="s",
+        settings={"auth_params": {"access_type": "offline"}},
+    )
+    messages = checks.check_offline_access_database_apps(databases=["default"])
+    assert ids(messages) == ["token_rotation.W007"]
+    assert "SocialApp" in messages[0].msg
+    assert checks.check_offline_access_database_apps(databases=None) == []
+
+
+from django_token_rotation.middleware import TokenRefreshMiddleware  # noqa: E402
+
+
+class MyMiddleware(TokenRefreshMiddleware):
+    pass

@@ -1,0 +1,389 @@
+"""The request layer: middleware, session error, context processor, through the full stack."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib import import_module
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialApp, SocialToken
+from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
+from django.contrib.auth.signals import user_logged_in
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncClient, Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR
+from django_token_rotation import session as token_session
+from django_token_rotation.middleware import TokenRefreshMiddleware
+from django_token_rotation.models import TokenState
+from tests.conftest import MakeToken
+from tests.scripted_server import Reply, ScriptedServer, oauth_error
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def signed_in(client: Client, user: Any) -> Client:
+    client.force_login(user)
+    return client
+
+
+def error_in(response: Any) -> str:
+    html: str = response.content.decode()
+    return html.split('<p id="error">[', 1)[1].split("]", 1)[0]
+
+
+def summary_of(client: Client) -> dict[str, Any] | None:
+    value = client.session.get(token_session.KEY)
+    return value if isinstance(value, dict) else None
+
+
+# -- refreshing on requests --------------------------------------------------------
+
+
+def test_due_token_is_refreshed_on_a_page_load(
+    signed_in: Client, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    token = make_token(expires_in=-5)
+    response = signed_in.get("/page/")
+    assert response.status_code == 200
+    assert error_in(response) == ""
+    assert len(scripted.token_requests) == 1
+    token.refresh_from_db()
+    assert token.token == "new-access"
+    summary = summary_of(signed_in)
+    assert summary is not None
+    assert summary["tokens"]["fake"]["id"] == token.pk
+    assert "error" not in summary
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_every_http_method_refreshes(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    method: str,
+) -> None:
+    make_token(expires_in=-5)
+    response = getattr(signed_in, method)("/api/")
+    assert response.status_code == 200
+    assert len(scripted.token_requests) == 1
+
+
+def test_fresh_tokens_cost_no_query(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    make_token(expires_in=3600)
+    signed_in.get("/api/")  # the first request writes the summary into the session
+
+    with CaptureQueriesContext(connection) as with_middleware:
+        signed_in.get("/page/")
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "token_rotation" not in m]
+    with CaptureQueriesContext(connection) as without_middleware:
+        signed_in.get("/page/")
+
+    assert len(with_middleware.captured_queries) == len(without_middleware.captured_queries)
+    assert scripted.token_requests == []
+
+
+def test_middleware_alone_makes_no_query_on_a_fresh_summary(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    django_assert_num_queries: Any,
+) -> None:
+    make_token(expires_in=3600)
+    signed_in.get("/api/")
+    request = RequestFactory().get("/page/")
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(signed_in.session.session_key)
+    request.session.items()  # loaded, as AuthenticationMiddleware would have done
+    middleware = TokenRefreshMiddleware(lambda r: HttpResponse("ok"))
+    with django_assert_num_queries(0):
+        response = middleware(request)
+    assert response.content == b"ok"
+
+
+def test_anonymous_requests_are_left_alone(
+    client: Client, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    make_token(expires_in=-5)
+    assert client.get("/api/").status_code == 200
+    assert scripted.token_requests == []
+
+
+def test_summary_is_trusted_until_the_token_is_due(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+) -> None:
+    token = make_token(expires_in=3600)
+    signed_in.get("/api/")
+    # Expire it behind the session's back: the summary still says fresh.
+    SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+    signed_in.get("/api/")
+    assert scripted.token_requests == []
+    # Once the summary's check time has passed, the database is consulted.
+    session = signed_in.session
+    summary = session[token_session.KEY]
+    summary["check_at"] = 0
+    session[token_session.KEY] = summary
+    session.save()
+    signed_in.get("/api/")
+    assert len(scripted.token_requests) == 1
+
+
+def test_exempt_paths(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_EXEMPT_PATHS = [r"^/health/"]
+    make_token(expires_in=-5)
+    assert signed_in.get("/health/").status_code == 200
+    assert scripted.token_requests == []
+    signed_in.get("/api/")
+    assert len(scripted.token_requests) == 1
+
+
+def test_providers_setting_limits_what_is_refreshed(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_PROVIDERS = ["google"]
+    make_token(expires_in=-5)
+    signed_in.get("/api/")
+    assert scripted.token_requests == []
+
+
+# -- transient failures never sign anyone out -----------------------------------------
+
+
+def test_transient_failure_lets_the_request_through_and_backs_off(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+) -> None:
+    make_token(expires_in=-5)
+    scripted.script(Reply(503, b""))
+    for _ in range(3):
+        response = signed_in.get("/page/")
+        assert response.status_code == 200
+        assert error_in(response) == ""
+        assert "token-rotation-reauth" not in response.content.decode()
+    assert len(scripted.token_requests) == 1
+    summary = summary_of(signed_in)
+    assert summary is not None and "error" not in summary
+    retry_at = TokenState.objects.get().next_retry_at
+    assert retry_at is not None
+    assert summary["check_at"] >= retry_at.timestamp() - 1
+
+
+def test_transient_failure_on_an_api_call_is_not_a_401(
+    signed_in: Client, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    make_token(expires_in=-5)
+    scripted.script(Reply(500, b""))
+    response = signed_in.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 200
+
+
+# -- permanent failures: the session error --------------------------------------------
+
+
+@pytest.fixture
+def revoked(
+    signed_in: Client, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> SocialToken:
+    token = make_token(expires_in=-5)
+    scripted.script(oauth_error("invalid_grant"))
+    return token
+
+
+def test_permanent_failure_sets_the_session_error(
+    signed_in: Client, revoked: SocialToken, scripted: ScriptedServer
+) -> None:
+    response = signed_in.get("/page/")
+    assert response.status_code == 200  # the template decides
+    html = response.content.decode()
+    assert error_in(response) == REFRESH_ACCESS_TOKEN_ERROR == "RefreshAccessTokenError"
+    assert '<p id="provider">[fake]</p>' in html
+    assert '<p id="tag-error">[RefreshAccessTokenError]</p>' in html
+    assert 'action="/accounts/fake/login/"' in html
+    assert 'name="csrfmiddlewaretoken"' in html
+    assert 'name="next" value="/page/"' in html
+    # Known dead: later requests do not ask the provider again.
+    signed_in.get("/page/")
+    assert len(scripted.token_requests) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Accept": "application/json"},
+        {"X-Requested-With": "XMLHttpRequest"},
+        {"Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"},
+    ],
+)
+def test_api_calls_get_a_401_json(
+    signed_in: Client, revoked: SocialToken, headers: dict[str, str]
+) -> None:
+    response = signed_in.post("/api/", headers={**headers, "Referer": "http://testserver/page/"})
+    assert response.status_code == 401
+    body = json.loads(response.content)
+    assert body["error"] == "RefreshAccessTokenError"
+    assert body["provider"] == "fake"
+    assert body["reauth_url"] == "/accounts/fake/login/?process=login&next=%2Fpage%2F"
+    assert "old-" not in response.content.decode()
+
+
+def test_htmx_requests_get_hx_redirect(signed_in: Client, revoked: SocialToken) -> None:
+    response = signed_in.get(
+        "/page/",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://testserver/page/?tab=2"},
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == "/accounts/fake/login/?process=login&next=%2Fpage%2F"
+
+
+def test_redirect_on_error_setting(signed_in: Client, revoked: SocialToken, settings: Any) -> None:
+    settings.TOKEN_ROTATION_REDIRECT_ON_ERROR = True
+    response = signed_in.get("/page/?x=1")
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/fake/login/?process=login&next=%2Fpage%2F%3Fx%3D1"
+    # A form post is not redirected (it would lose the data): the template decides.
+    assert signed_in.post("/page/").status_code == 200
+
+
+def test_foreign_next_urls_are_dropped(signed_in: Client, revoked: SocialToken) -> None:
+    response = signed_in.get(
+        "/api/", headers={"Accept": "application/json", "Referer": "https://evil.example/x"}
+    )
+    assert response.json()["reauth_url"] == "/accounts/fake/login/?process=login"
+
+
+def test_allauth_urls_are_never_interrupted(
+    signed_in: Client, revoked: SocialToken, settings: Any
+) -> None:
+    settings.TOKEN_ROTATION_REDIRECT_ON_ERROR = True
+    signed_in.get("/page/")  # the error is now in the session
+    for path in ("/accounts/fake/login/", "/accounts/logout/", "/accounts/login/"):
+        response = signed_in.get(path, headers={"Accept": "application/json"})
+        assert response.status_code != 401, path
+        assert not response.get("Location", "").startswith("/accounts/fake/login/?"), path
+
+
+def test_a_failure_seen_in_one_session_shows_in_the_others(
+    user: Any, revoked: SocialToken, scripted: ScriptedServer
+) -> None:
+    first, second = Client(), Client()
+    first.force_login(user)
+    second.force_login(user)
+    assert error_in(first.get("/page/")) == "RefreshAccessTokenError"
+    assert error_in(second.get("/page/")) == "RefreshAccessTokenError"
+    assert len(scripted.token_requests) == 1  # the second session learnt it from the token
+
+
+def test_signing_in_again_clears_the_error(
+    signed_in: Client, revoked: SocialToken, scripted: ScriptedServer
+) -> None:
+    assert error_in(signed_in.get("/page/")) == "RefreshAccessTokenError"
+    # What allauth does on a new sign-in through the provider: it saves the
+    # new tokens on the same row and logs the user in with the same session.
+    revoked.token, revoked.token_secret = "relogin-access", "relogin-refresh"
+    revoked.expires_at = timezone.now() + datetime.timedelta(hours=1)
+    revoked.save()
+    request = HttpRequest()
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(signed_in.session.session_key)
+    user = revoked.account.user
+    user_logged_in.send(sender=type(user), request=request, user=user)
+    request.session.save()
+
+    response = signed_in.get("/page/")
+    assert error_in(response) == ""
+    assert "token-rotation-reauth" not in response.content.decode()
+    assert not TokenState.objects.get().needs_reauth
+
+
+def test_logout_clears_the_error(signed_in: Client, revoked: SocialToken, user: Any) -> None:
+    signed_in.get("/page/")
+    assert summary_of(signed_in) is not None
+    signed_in.post("/accounts/logout/")
+    assert summary_of(signed_in) is None
+
+
+# -- async -----------------------------------------------------------------------------
+# Async code reaches the database from another thread (its own connection):
+# the test data must be committed.
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_view_through_asgi(
+    async_client: AsyncClient,
+    user: Any,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+) -> None:
+    token = await sync_to_async(make_token)(expires_in=-5)
+    await async_client.aforce_login(user)
+    response = await async_client.get("/async-page/")
+    assert response.status_code == 200
+    assert response.content == b"async ok"
+    assert len(scripted.token_requests) == 1
+    await token.arefresh_from_db()
+    assert token.token == "new-access"
+    # Fresh now: the next request is answered from the session.
+    response = await async_client.get("/page/")
+    assert response.status_code == 200
+    assert len(scripted.token_requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_api_call_gets_the_401(
+    async_client: AsyncClient, user: Any, revoked: SocialToken
+) -> None:
+    await async_client.aforce_login(user)
+    response = await async_client.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert json.loads(response.content)["error"] == "RefreshAccessTokenError"
+
+
+async def test_middleware_in_async_mode_unit(rf: RequestFactory) -> None:
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("inner")
+
+    middleware = TokenRefreshMiddleware(get_response)
+    assert middleware.async_mode
+    request = rf.get("/")
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore()
+    response = await middleware(request)
+    assert response.content == b"inner"
+
+
+def test_sync_middleware_unit_anonymous(rf: RequestFactory) -> None:
+    middleware = TokenRefreshMiddleware(lambda r: HttpResponse("inner"))
+    request = rf.get("/")
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore()
+    assert middleware(request).content == b"inner"
