@@ -37,22 +37,12 @@ def state_of(token: SocialToken) -> TokenState | None:
         return None
 
 
-def refused(token: SocialToken, state: TokenState | None) -> bool:
-    """Whether the provider refused the refresh token that is stored now."""
-    return (
-        state is not None
-        and state.needs_reauth
-        and bool(token.token_secret)
-        and state.failed_fingerprint == rotation.fingerprint(token.token_secret)
-    )
-
-
 def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
     """The token's status. A recorded failure of a refresh token that has since
     been replaced (the user signed in again) no longer counts."""
     now = now or timezone.now()
     state = state_of(token)
-    if refused(token, state):
+    if rotation.refused(token, state):
         return Status.SIGN_IN_REQUIRED
     if not token.token_secret:
         return Status.NO_REFRESH_TOKEN

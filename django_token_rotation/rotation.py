@@ -322,10 +322,11 @@ def _reload(token: SocialToken) -> TokenState:
     return _load_state(token)
 
 
-def _refused(token: SocialToken, state: TokenState) -> bool:
+def refused(token: SocialToken, state: TokenState | None) -> bool:
     """Whether the provider refused the refresh token that is stored now."""
     return (
-        state.needs_reauth
+        state is not None
+        and state.needs_reauth
         and bool(token.token_secret)
         and state.failed_fingerprint == fingerprint(token.token_secret)
     )
@@ -369,7 +370,7 @@ class _Refresh:
     def _check_blocked(self, state: TokenState) -> None:
         """Raise when a recorded failure says not to call the provider now."""
         token = self.token
-        if _refused(token, state):
+        if refused(token, state):
             raise _reauth_from_state(token, state)
         if not self.force and state.next_retry_at is not None and _now() < state.next_retry_at:
             raise TokenRefreshUnavailable(

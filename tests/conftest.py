@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,9 @@ from django.utils import timezone
 from tests import scripted_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: The token values and client secrets the fixtures below create.
+SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret", "oidc-secret")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,6 +42,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def hidden_secrets(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Secrets no log record may contain, from any logger at any level.
+
+    Tests (or module fixtures) append the values they create; the check runs
+    after the test.
+    """
+    values = list(SECRETS)
+    caplog.set_level(logging.DEBUG)
+    yield values
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        for value in values:
+            assert value not in text, f"a secret was logged by {record.name}: {text!r}"
+
+
+@pytest.fixture
 def scripted() -> Iterator[scripted_server.ScriptedServer]:
     """A scripted token endpoint on 127.0.0.1, wired to the ``fake`` provider."""
     with scripted_server.running() as server:
@@ -50,6 +70,26 @@ def fake_app(db: None, settings: Any, scripted: scripted_server.ScriptedServer) 
     return SocialApp.objects.create(
         provider="fake", name="Fake", client_id="fake-client", secret="fake-secret"
     )
+
+
+@pytest.fixture
+def make_oidc_app(db: None, scripted: scripted_server.ScriptedServer) -> Callable[..., SocialApp]:
+    """An OpenID Connect app whose discovery document is served by the scripted server."""
+
+    def make(overrides: dict[str, Any] | None = None, **app_settings: Any) -> SocialApp:
+        app_settings = {"server_url": scripted.base_url, **app_settings}
+        if overrides:
+            app_settings["openid_configuration_overrides"] = overrides
+        return SocialApp.objects.create(
+            provider="openid_connect",
+            provider_id="scripted",
+            name="Scripted OIDC",
+            client_id="oidc-client",
+            secret="oidc-secret",
+            settings=app_settings,
+        )
+
+    return make
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import logging
 import subprocess
 import sys
 import threading
@@ -21,22 +20,13 @@ from django.utils import timezone
 
 from django_token_rotation import TokenRotationError, get_access_token
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.conftest import SECRETS, MakeToken
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 from tests.test_concurrency import worker_env
 
-SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret")
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
-    caplog.set_level(logging.DEBUG)
-    yield
-    for record in caplog.records:
-        text = record.getMessage() + (record.exc_text or "")
-        for secret in SECRETS:
-            assert secret not in text, f"{secret!r} logged by {record.name}: {text!r}"
+pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
 
 def run(*args: str) -> tuple[str, str]:

@@ -21,15 +21,9 @@ def empty_cache() -> None:
 
 
 @pytest.fixture
-def oidc_app(db: None, scripted: ScriptedServer) -> SocialApp:
-    return SocialApp.objects.create(
-        provider="openid_connect",
-        provider_id="scripted",
-        name="Scripted OIDC",
-        client_id="oidc-client",
-        secret="oidc-secret",
-        settings={"server_url": scripted.base_url},
-    )
+def oidc_app(make_oidc_app: Any) -> SocialApp:
+    app: SocialApp = make_oidc_app()
+    return app
 
 
 def discovery_requests(scripted: ScriptedServer) -> int:

@@ -4,7 +4,6 @@ the optional revocation on logout and on disconnect (best effort, bounded)."""
 from __future__ import annotations
 
 import datetime
-import logging
 import threading
 import time
 from typing import Any
@@ -24,18 +23,10 @@ from tests.test_with_provider import connect
 
 pytestmark = pytest.mark.django_db
 
-SECRETS = ("old-access", "old-refresh", "oidc-secret", "fake-secret")
-
 
 @pytest.fixture(autouse=True)
-def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
-    caplog.set_level(logging.DEBUG)
+def fresh_discovery(hidden_secrets: list[str]) -> None:
     cache.clear()
-    yield
-    for record in caplog.records:
-        text = record.getMessage() + (record.exc_text or "")
-        for secret in SECRETS:
-            assert secret not in text, f"{secret!r} logged by {record.name}: {text!r}"
 
 
 def revocations(server: ScriptedServer) -> list[Any]:
@@ -43,20 +34,9 @@ def revocations(server: ScriptedServer) -> list[Any]:
 
 
 @pytest.fixture
-def oidc_app(scripted: ScriptedServer) -> SocialApp:
-    return SocialApp.objects.create(
-        provider="openid_connect",
-        provider_id="scripted",
-        name="Scripted",
-        client_id="oidc-client",
-        secret="oidc-secret",
-        settings={
-            "server_url": scripted.base_url,
-            "openid_configuration_overrides": {
-                "revocation_endpoint": f"{scripted.base_url}/revoke"
-            },
-        },
-    )
+def oidc_app(scripted: ScriptedServer, make_oidc_app: Any) -> SocialApp:
+    app: SocialApp = make_oidc_app({"revocation_endpoint": f"{scripted.base_url}/revoke"})
+    return app
 
 
 @pytest.fixture

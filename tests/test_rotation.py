@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import logging
 from typing import Any
 
 import jwt
@@ -21,23 +20,10 @@ from django_token_rotation import (
     signals,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.conftest import SECRETS, MakeToken
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
-pytestmark = pytest.mark.django_db
-
-SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret")
-
-
-@pytest.fixture(autouse=True)
-def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Any:
-    """Every test here also checks that no token or client secret reached any log record."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    for record in caplog.records:
-        text = record.getMessage() + (record.exc_text or "")
-        for secret in SECRETS:
-            assert secret not in text, f"{secret!r} logged by {record.name}: {text!r}"
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]
 
 
 @pytest.fixture

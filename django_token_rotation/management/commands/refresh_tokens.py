@@ -194,7 +194,7 @@ class Command(BaseCommand):
         state = health.state_of(token)
         if not token.token_secret:
             return "no_refresh_token"
-        if health.refused(token, state):
+        if rotation.refused(token, state):
             return "sign_in_required"
         if state is not None and state.next_retry_at is not None and now < state.next_retry_at:
             return "backoff"
