@@ -18,6 +18,7 @@ def ids(messages: list[Any]) -> list[str]:
     return [message.id for message in messages]
 
 
+@pytest.mark.django_db  # Django 6 runs model checks that open a connection
 def test_the_test_settings_pass_every_check() -> None:
     out = StringIO()
     call_command("check", stdout=out)
