@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import ipaddress
 import json
 import logging
 import re
@@ -18,14 +19,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from allauth.socialaccount.adapter import get_adapter
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from .conf import app_settings
-from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
+from .exceptions import (
+    ImproperlyConfiguredProvider,
+    ReauthenticationRequired,
+    TokenRefreshUnavailable,
+)
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -59,7 +65,6 @@ class TokenEndpoint:
     client_secret: str = field(repr=False)
     provider: str
     basic_auth: bool = False
-    method: str = "POST"
     headers: Mapping[str, str] | None = field(default=None, repr=False)
     client_id_parameter: str = "client_id"
     expires_in_key: str = "expires_in"
@@ -77,6 +82,8 @@ class TokenResponse:
     token_type: str | None = None
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenResponse:
     """Exchange ``refresh_token`` at ``endpoint``.
 
@@ -85,22 +92,15 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
     later (network, 5xx, 429, malformed answers).
     """
     data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    auth = None
-    if endpoint.basic_auth and endpoint.client_secret:
-        auth = requests.auth.HTTPBasicAuth(endpoint.client_id, endpoint.client_secret)
-    else:
-        data[endpoint.client_id_parameter] = endpoint.client_id
-        if endpoint.client_secret:
-            data["client_secret"] = endpoint.client_secret
-    headers = {"Accept": "application/json", **(endpoint.headers or {})}
-    method = endpoint.method.upper()
+    # Always POST (RFC 6749 3.2), even for providers whose allauth adapter
+    # uses GET at sign-in: a refresh token never goes into a URL, where proxies
+    # and urllib3's debug log would record it.
     status, content_type, body, response_headers = _send(
         endpoint,
-        method,
-        params=data if method == "GET" else None,
-        data=None if method == "GET" else data,
-        headers=headers,
-        auth=auth,
+        "POST",
+        data=data,
+        headers={"Accept": "application/json", **(endpoint.headers or {})},
+        auth=_authenticate(endpoint, data),
     )
     return parse_token_response(
         endpoint,
@@ -109,6 +109,20 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
         body,
         retry_after=response_headers.get("Retry-After"),
     )
+
+
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
+def _authenticate(endpoint: TokenEndpoint, data: dict[str, str]) -> requests.auth.AuthBase | None:
+    """Client authentication as allauth does it at sign-in: HTTP Basic when the
+    adapter says so (and there is a secret), else the form body; public clients
+    send their id only."""
+    if endpoint.basic_auth and endpoint.client_secret:
+        return requests.auth.HTTPBasicAuth(endpoint.client_id, endpoint.client_secret)
+    data[endpoint.client_id_parameter] = endpoint.client_id
+    if endpoint.client_secret:
+        data["client_secret"] = endpoint.client_secret
+    return None
 
 
 def fetch_json(url: str, *, provider: str, timeout: float | None = None) -> dict[str, Any]:
@@ -147,6 +161,8 @@ class RevocationResponse:
         return self.status == 200
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def revoke_token(
     endpoint_url: str,
     token: str,
@@ -163,13 +179,7 @@ def revoke_token(
     answer that arrives is returned, classified by status and error code only.
     """
     data = {"token": token, "token_type_hint": token_type_hint}
-    auth = None
-    if credentials.basic_auth and credentials.client_secret:
-        auth = requests.auth.HTTPBasicAuth(credentials.client_id, credentials.client_secret)
-    else:
-        data[credentials.client_id_parameter] = credentials.client_id
-        if credentials.client_secret:
-            data["client_secret"] = credentials.client_secret
+    auth = _authenticate(credentials, data)
     target = TokenEndpoint(
         url=endpoint_url,
         client_id=credentials.client_id,
@@ -192,6 +202,8 @@ def revoke_token(
     )
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def _send(
     endpoint: TokenEndpoint,
     method: str,
@@ -205,6 +217,7 @@ def _send(
     timeout = app_settings.TIMEOUT if timeout is None else timeout
     limit = app_settings.MAX_RESPONSE_BYTES
     provider = endpoint.provider
+    require_secure(endpoint.url, provider=provider)
     # allauth's session, so that a site's proxies, certificates or retries
     # configured on its SocialAccountAdapter apply here too.
     session = get_adapter().get_requests_session()
@@ -257,6 +270,33 @@ def _send(
         ) from None
 
 
+def require_secure(url: str, *, provider: str) -> None:
+    """Tokens travel over HTTPS only; plain HTTP to a loopback address (a
+    provider on the same machine), or with ``TOKEN_ROTATION_ALLOW_INSECURE_HTTP``
+    (development), is the exception."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and (
+        _is_loopback(parts.hostname or "") or app_settings.ALLOW_INSECURE_HTTP
+    ):
+        return
+    raise ImproperlyConfiguredProvider(
+        f"Refusing to send tokens to a non-HTTPS endpoint ({parts.scheme}://{parts.hostname}).",
+        code="insecure_endpoint",
+        provider=provider,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -265,6 +305,8 @@ class _BodyTooSlow(Exception):
     pass
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def _read_capped(response: requests.Response, *, limit: int, deadline: float) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -349,6 +391,8 @@ def _lifetime(value: Any) -> int | None:
     return value
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def parse_token_response(
     endpoint: TokenEndpoint,
     status: int,
@@ -420,6 +464,8 @@ def _optional_string(payload: dict[str, Any], key: str, provider: str) -> str | 
     return value
 
 
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
 def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
     provider = endpoint.provider
     if not isinstance(payload, dict):
@@ -432,6 +478,14 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
     token_type = payload.get("token_type")
     if token_type is not None and not isinstance(token_type, str):
         raise _malformed(provider, "'token_type' is not a string")
+    if token_type is not None and token_type.strip().lower() != "bearer":
+        # A DPoP- or MAC-bound token cannot be used the way the site uses it.
+        kind = token_type[:20] if _ERROR_CODE_RE.match(token_type[:20]) else "?"
+        raise TokenRefreshUnavailable(
+            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported.",
+            code="unsupported_token_type",
+            provider=provider,
+        )
 
     raw_expires_in = payload.get(endpoint.expires_in_key)
     expires_in = _lifetime(raw_expires_in)

@@ -88,6 +88,11 @@ class Settings:
         return self._number("DISCOVERY_CACHE_SECONDS", 24 * 3600)
 
     @property
+    def ALLOW_INSECURE_HTTP(self) -> bool:
+        """Allow plain-HTTP token endpoints on non-loopback hosts (development only)."""
+        return bool(self._get("ALLOW_INSECURE_HTTP", False))
+
+    @property
     def CACHE(self) -> str:
         """Alias of the Django cache that holds discovery documents."""
         value = self._get("CACHE", "default")

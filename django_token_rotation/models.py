@@ -53,6 +53,13 @@ class TokenState(models.Model):
     # new sign-in (which stores a new refresh token) lifts the failure without
     # the token itself ever being stored here.
     failed_fingerprint = models.CharField(max_length=32, blank=True, default="", editable=False)
+    # Set (a fingerprint of the refresh token sent) just before a refresh is
+    # sent, cleared once its outcome is stored. Still set on the next attempt
+    # with the same refresh token means the earlier answer was lost (the worker
+    # died, or the database write failed): an invalid_grant then is a "lost
+    # rotation", not a revocation.
+    inflight_fingerprint = models.CharField(max_length=32, blank=True, default="", editable=False)
+    inflight_since = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("token refresh state")

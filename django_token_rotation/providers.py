@@ -93,7 +93,6 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
         client_secret=app.secret or "",
         provider=provider_key,
         basic_auth=bool(adapter.basic_auth),
-        method=adapter.access_token_method or "POST",
         headers=adapter.headers,
         client_id_parameter=client_class.client_id_parameter,
         expires_in_key=adapter.expires_in_key,

@@ -42,4 +42,6 @@ def token_saved(sender: Any, instance: SocialToken, created: bool, **kwargs: Any
         consecutive_failures=0,
         last_error="",
         next_retry_at=None,
+        inflight_fingerprint="",
+        inflight_since=None,
     )

@@ -52,6 +52,9 @@ from .models import TokenState
 
 logger = logging.getLogger("django_token_rotation")
 
+#: Transient failures after which the provider has certainly not rotated anything.
+NOT_PROCESSED = frozenset({"rate_limited", "temporarily_unavailable"})
+
 # --------------------------------------------------------------------------
 # Expiry
 # --------------------------------------------------------------------------
@@ -354,6 +357,7 @@ class _Refresh:
     def __init__(self, token: SocialToken, *, force: bool) -> None:
         self.token = token
         self.force = force
+        self.replay = False
         # What the caller saw: a change of either means someone refreshed.
         self.seen_access = token.token
 
@@ -453,6 +457,14 @@ class _Refresh:
                     token_id=token.pk,
                 )
             endpoint = providers.resolve(token)
+            client.require_secure(endpoint.url, provider=endpoint.provider)
+            sent_fingerprint = fingerprint(sent)
+            # An earlier attempt with this very refresh token never stored its
+            # outcome (see TokenState.inflight_fingerprint).
+            self.replay = state.inflight_fingerprint == sent_fingerprint
+            _states(token).filter(pk=token.pk).update(
+                inflight_fingerprint=sent_fingerprint, inflight_since=_now()
+            )
             started = time.monotonic()
             try:
                 answer = client.refresh_token_grant(endpoint, sent)
@@ -507,6 +519,8 @@ class _Refresh:
                         next_retry_at=None,
                         needs_reauth=False,
                         failed_fingerprint="",
+                        inflight_fingerprint="",
+                        inflight_since=None,
                     )
                     _send_on_commit(
                         signals.token_refreshed,
@@ -561,10 +575,27 @@ class _Refresh:
                 token.pk,
             )
             return token
+        if exc.code == "invalid_grant" and self.replay:
+            exc = ReauthenticationRequired(
+                "The refresh token had been sent before by an attempt whose answer was never "
+                "stored (a worker died or a database write failed); the provider rotated it "
+                "and the new one is lost: the user must sign in again.",
+                code="lost_rotation",
+                provider=_provider_key(token),
+                token_id=token.pk,
+            )
+            logger.error(
+                "Lost rotation for token %s of provider %s: an earlier refresh reached the "
+                "provider but its answer was never stored.",
+                token.pk,
+                _provider_key(token),
+            )
         now = _now()
         _states(token).filter(pk=token.pk).update(
             needs_reauth=True,
             failed_fingerprint=fingerprint(sent),
+            inflight_fingerprint="",
+            inflight_since=None,
             last_error=exc.code,
             last_error_at=now,
             last_attempt_at=now,
@@ -602,7 +633,10 @@ class _Refresh:
         if exc.retry_at is not None:
             retry_at = max(retry_at, exc.retry_at)
         exc.retry_at = retry_at
+        # The provider said it did not act on the request: no rotation to lose.
+        not_processed = {"inflight_fingerprint": "", "inflight_since": None}
         _states(token).filter(pk=token.pk).update(
+            **(not_processed if exc.code in NOT_PROCESSED else {}),
             consecutive_failures=failures,
             last_error=exc.code,
             last_error_at=now,

@@ -36,6 +36,21 @@ def main() -> None:
 
     from django_token_rotation import TokenRotationError, get_access_token
 
+    if os.environ.get("TOKEN_ROTATION_TEST_DIE_AFTER_ANSWER"):
+        # Fault injection: the process dies between the provider's answer and
+        # the database write, as a worker killed at the worst moment would.
+        import signal
+
+        from django_token_rotation import client
+
+        real_grant = client.refresh_token_grant
+
+        def grant_then_die(*a: Any, **kw: Any) -> Any:
+            real_grant(*a, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        client.refresh_token_grant = grant_then_die  # type: ignore[assignment]
+
     user = get_user_model().objects.get(pk=args.user_id)
     connections.close_all()
     results: list[dict[str, Any]] = []

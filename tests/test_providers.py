@@ -126,7 +126,7 @@ def test_google_resolves_to_its_token_endpoint(make_token: MakeToken) -> None:
     token = make_token(provider="google", app=app)
     endpoint = providers.resolve(token)
     assert endpoint.url == "https://oauth2.googleapis.com/token"
-    assert (endpoint.client_id, endpoint.basic_auth, endpoint.method) == ("gid", False, "POST")
+    assert (endpoint.client_id, endpoint.basic_auth) == ("gid", False)
     assert "gsec" not in repr(endpoint)
 
 

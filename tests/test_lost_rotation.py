@@ -1,0 +1,107 @@
+"""A rotation the provider made but we never stored is detected, not replayed forever."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialApp, SocialToken
+from django.db import OperationalError, connection
+
+from django_token_rotation import (
+    ReauthenticationRequired,
+    TokenRefreshUnavailable,
+    get_access_token,
+)
+from django_token_rotation.models import TokenState
+from tests.conftest import MakeToken
+from tests.scripted_server import ScriptedServer, oauth_error, tokens
+from tests.test_concurrency import start_workers, worker_env
+from tests.test_with_provider import connect
+
+pytestmark = pytest.mark.usefixtures("hidden_secrets")
+
+
+def failing_token_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+    if sql.startswith('UPDATE "socialaccount_socialtoken"'):
+        raise OperationalError("disk I/O error (injected)")
+    return execute(sql, *args)
+
+
+@pytest.mark.django_db
+def test_database_failure_after_the_answer_is_reported_as_lost_rotation(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    user: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = make_token()
+    # The provider rotates, our write fails; then it refuses the replayed token.
+    scripted.script(tokens(), oauth_error("invalid_grant"))
+    with (
+        connection.execute_wrapper(failing_token_writes),
+        pytest.raises(TokenRefreshUnavailable) as first,
+    ):
+        get_access_token(user, "fake")
+    assert first.value.code == "database_error"
+    token.refresh_from_db()
+    assert token.token_secret == "old-refresh"  # nothing half-written
+    TokenState.objects.update(next_retry_at=None)
+
+    with pytest.raises(ReauthenticationRequired) as second:
+        get_access_token(user, "fake")
+
+    assert second.value.code == "lost_rotation"
+    state = TokenState.objects.get()
+    assert state.needs_reauth and state.last_error == "lost_rotation"
+    assert state.inflight_fingerprint == ""
+    assert [r.levelno for r in caplog.records if "Lost rotation" in r.getMessage()] == [
+        logging.ERROR
+    ]
+    # And it is not retried: the refresh token is known dead.
+    with pytest.raises(ReauthenticationRequired):
+        get_access_token(user, "fake")
+    assert len(scripted.token_requests) == 2
+
+
+@pytest.mark.django_db
+def test_a_plain_revocation_is_not_called_lost_rotation(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    make_token()
+    scripted.script(oauth_error("temporarily_unavailable"), oauth_error("invalid_grant"))
+    with pytest.raises(TokenRefreshUnavailable):
+        get_access_token(user, "fake")  # the provider said it did nothing
+    TokenState.objects.update(next_retry_at=None)
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "fake")
+    assert excinfo.value.code == "invalid_grant"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_killed_between_answer_and_commit(provider: Any) -> None:
+    """Against the real provider (rotation + reuse protection): the worker dies
+    after the provider rotated the refresh token and before the commit."""
+    user, token = connect("default", provider)
+    env = worker_env("default", TOKEN_ROTATION_TEST_DIE_AFTER_ANSWER="1")
+    [worker] = start_workers(
+        1, alias="default", user_id=user.pk, provider="dot", threads=1, env=env
+    )
+    worker.communicate(timeout=120)
+    assert worker.returncode == -9  # SIGKILL, as planned
+    assert provider.stats()["refresh_calls"] == 1
+    assert SocialToken.objects.get(pk=token.pk).token_secret == token.token_secret
+
+    # Its lease would run out after TOKEN_ROTATION_LEASE; don't wait for it.
+    TokenState.objects.update(lease_expires_at=None)
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "dot")
+
+    assert excinfo.value.code == "lost_rotation"
+    assert provider.stats()["refresh_calls"] == 2  # one replay, detected; not one per request
+    with pytest.raises(ReauthenticationRequired):
+        get_access_token(user, "dot")
+    assert provider.stats()["refresh_calls"] == 2
