@@ -68,6 +68,9 @@ class TokenEndpoint:
     headers: Mapping[str, str] | None = field(default=None, repr=False)
     client_id_parameter: str = "client_id"
     expires_in_key: str = "expires_in"
+    #: OpenID Connect providers: where refreshed ID tokens are checked against.
+    issuer: str | None = None
+    jwks_uri: str | None = None
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,11 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
             provider=provider_key,
             token_id=token.pk,
         )
+    oidc: dict[str, Any] = {}
     if isinstance(adapter, OpenIDConnectOAuth2Adapter):
         # allauth fetches the discovery document once per adapter instance,
         # that is once per request. Give it our cached copy instead.
-        adapter._openid_config = openid_configuration(provider)
+        oidc = adapter._openid_config = openid_configuration(provider)
     try:
         url = adapter.access_token_url
     except KeyError:  # a discovery document without "token_endpoint"
@@ -96,7 +97,13 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
         headers=adapter.headers,
         client_id_parameter=client_class.client_id_parameter,
         expires_in_key=adapter.expires_in_key,
+        issuer=_string(oidc.get("issuer")),
+        jwks_uri=_string(oidc.get("jwks_uri")),
     )
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def openid_configuration(provider: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from . import client, providers, signals
+from . import client, idtoken, providers, signals
 from .conf import app_settings
 from .exceptions import (
     ProviderNotRefreshable,
@@ -473,7 +473,10 @@ class _Refresh:
             except TokenRefreshUnavailable as exc:
                 self._record_transient(exc, elapsed=time.monotonic() - started)
                 raise
-            self._store(answer, sent, elapsed=time.monotonic() - started)
+            claims = self._checked_id_token(endpoint, answer)
+            if isinstance(claims, ReauthenticationRequired):
+                return self._refused_by_provider(claims, sent, elapsed=time.monotonic() - started)
+            self._store(answer, sent, elapsed=time.monotonic() - started, claims=claims)
             return token
         except ProviderNotRefreshable as exc:
             _log_left_alone(exc)
@@ -484,9 +487,40 @@ class _Refresh:
         finally:
             self._release(lease_id)
 
+    def _checked_id_token(
+        self, endpoint: client.TokenEndpoint, answer: client.TokenResponse
+    ) -> dict[str, Any] | ReauthenticationRequired | None:
+        """The claims of a refreshed OpenID Connect ID token (OIDC Core 12.2), or
+        the rejection; ``None`` when there is none to check."""
+        if not (answer.id_token and endpoint.jwks_uri and endpoint.issuer):
+            return None
+        try:
+            return idtoken.validate(self.token, endpoint, answer.id_token)
+        except idtoken.IdTokenRejected as exc:
+            return exc
+        except TokenRefreshUnavailable as exc:
+            # The tokens came from the token endpoint itself over TLS: keep
+            # them (the old refresh token may already be spent); only the
+            # stored claims are not updated.
+            logger.warning(
+                "The ID token refreshed for token %s of provider %s was not checked (%s); "
+                "the account's claims are left as they were.",
+                self.token.pk,
+                endpoint.provider,
+                exc.code,
+            )
+            return None
+
     # -- outcomes ------------------------------------------------------------
 
-    def _store(self, answer: client.TokenResponse, sent: str, *, elapsed: float) -> None:
+    def _store(
+        self,
+        answer: client.TokenResponse,
+        sent: str,
+        *,
+        elapsed: float,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
         token = self.token
         now = _now()
         new_secret = answer.refresh_token or sent
@@ -522,6 +556,8 @@ class _Refresh:
                         inflight_fingerprint="",
                         inflight_since=None,
                     )
+                    if claims is not None:
+                        _store_claims(token, claims)
                     _send_on_commit(
                         signals.token_refreshed,
                         token=token,
@@ -660,6 +696,17 @@ class _Refresh:
             retry_at=retry_at,
             duration=elapsed,
         )
+
+
+def _store_claims(token: SocialToken, claims: dict[str, Any]) -> None:
+    """Keep the account's ID token claims current, where allauth keeps them."""
+    account = token.account
+    extra = account.extra_data if isinstance(account.extra_data, dict) else {}
+    if extra and "id_token" not in extra:
+        return  # allauth < 65.11 layout: the claims are mixed with userinfo
+    extra = {**extra, "id_token": claims}
+    type(account).objects.using(token._state.db).filter(pk=account.pk).update(extra_data=extra)
+    account.extra_data = extra
 
 
 def _expires_at(answer: client.TokenResponse, now: datetime.datetime) -> datetime.datetime | None:

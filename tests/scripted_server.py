@@ -71,6 +71,8 @@ class ScriptedServer:
         self._lock = threading.Lock()
         self._script: list[Reply] = [tokens()]
         self.received: list[Received] = []
+        #: Paths answered with a fixed reply, outside the script (a JWKS, say).
+        self.static: dict[str, Reply] = {}
         self.on_request: Callable[[Received], None] | None = None
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -130,6 +132,11 @@ class ScriptedServer:
                     with server._lock:
                         server.received.append(received)
                     self._send(Reply(200, server.discovery()))
+                    return
+                if path in server.static:
+                    with server._lock:
+                        server.received.append(received)
+                    self._send(server.static[path])
                     return
                 reply = server._next_reply(received)
                 if server.on_request is not None:

@@ -7,6 +7,7 @@ import datetime
 from collections import Counter
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
@@ -40,7 +41,11 @@ def connect(alias: str, provider: Any, *, username: str = "alice") -> tuple[Any,
         settings={"server_url": provider.server_url},
     )
     user = get_user_model().objects.db_manager(alias).create_user(username, "a@example.com", "x")
-    account = SocialAccount.objects.using(alias).create(user=user, provider="dot", uid="alice")
+    # As allauth stores an OpenID Connect sign-in: uid = sub, claims in extra_data.
+    claims = jwt.decode(grant["id_token"], options={"verify_signature": False})
+    account = SocialAccount.objects.using(alias).create(
+        user=user, provider="dot", uid=claims["sub"], extra_data={"id_token": claims}
+    )
     token = SocialToken.objects.using(alias).create(
         account=account,
         app=app,

@@ -1,0 +1,129 @@
+"""ID tokens returned by a refresh are validated as OpenID Connect Core 12.2 requires."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import jwt
+import pytest
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from cryptography.hazmat.primitives.asymmetric import rsa
+from django.core.cache import cache
+
+from django_token_rotation import ReauthenticationRequired, get_access_token
+from django_token_rotation.models import TokenState
+from tests.conftest import MakeToken
+from tests.scripted_server import Reply, ScriptedServer, tokens
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwks(key: Any = KEY, kid: str = "k1") -> dict[str, Any]:
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return {"keys": [{**public, "kid": kid, "use": "sig", "alg": "RS256"}]}
+
+
+def id_token(scripted: ScriptedServer, key: Any = KEY, alg: str = "RS256", **claims: Any) -> str:
+    now = int(time.time())
+    payload = {
+        "iss": scripted.base_url,
+        "aud": "oidc-client",
+        "sub": "user-1",
+        "iat": now,
+        "exp": now + 300,
+        "email": "alice@example.com",
+        **claims,
+    }
+    signing_key: Any = key if alg.startswith("RS") else "x" * 32
+    return jwt.encode(payload, signing_key, algorithm=alg, headers={"kid": "k1"})
+
+
+@pytest.fixture
+def oidc(make_oidc_app: Any, make_token: MakeToken, scripted: ScriptedServer) -> SocialToken:
+    cache.clear()
+    scripted.static["/jwks"] = Reply(200, jwks())
+    app: SocialApp = make_oidc_app()
+    token = make_token(provider="scripted", app=app, uid="user-1")
+    SocialAccount.objects.filter(pk=token.account_id).update(
+        extra_data={"id_token": {"sub": "user-1", "email": "old@example.com"}}
+    )
+    return token
+
+
+def test_valid_refreshed_id_token_updates_the_stored_claims(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    scripted.script(tokens(id_token=id_token(scripted)))
+    assert get_access_token(user, "scripted") == "new-access"
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "alice@example.com"
+    assert account.extra_data["id_token"]["sub"] == "user-1"
+
+
+@pytest.mark.parametrize(
+    ("claims", "key", "alg"),
+    [
+        pytest.param({"sub": "someone-else"}, KEY, "RS256", id="other subject"),
+        pytest.param({"aud": "another-client"}, KEY, "RS256", id="other audience"),
+        pytest.param({"iss": "https://evil.example"}, KEY, "RS256", id="other issuer"),
+        pytest.param({}, OTHER_KEY, "RS256", id="bad signature"),
+        pytest.param({"exp": int(time.time()) - 3600}, KEY, "RS256", id="expired"),
+        pytest.param({}, KEY, "HS256", id="symmetric algorithm"),
+    ],
+)
+def test_invalid_refreshed_id_token_is_a_security_failure(
+    oidc: SocialToken,
+    scripted: ScriptedServer,
+    user: Any,
+    caplog: pytest.LogCaptureFixture,
+    claims: dict[str, Any],
+    key: Any,
+    alg: str,
+) -> None:
+    scripted.script(tokens(id_token=id_token(scripted, key=key, alg=alg, **claims)))
+
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "scripted")
+
+    assert excinfo.value.code == "id_token_invalid"
+    oidc.refresh_from_db()
+    assert (oidc.token, oidc.token_secret) == ("old-access", "old-refresh")  # discarded
+    state = TokenState.objects.get()
+    assert state.needs_reauth and state.last_error == "id_token_invalid"
+    security = [r for r in caplog.records if r.name == "django_token_rotation.security"]
+    assert len(security) == 1 and security[0].levelno == logging.WARNING
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"
+
+
+def test_unreachable_keys_keep_the_new_tokens_but_not_the_claims(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted.static.pop("/jwks")
+    SocialApp.objects.filter(pk=oidc.app_id).update(
+        settings={
+            "server_url": scripted.base_url,
+            "openid_configuration_overrides": {"jwks_uri": "http://127.0.0.1:9/jwks"},
+        }
+    )
+    scripted.script(tokens(id_token=id_token(scripted)))
+    assert get_access_token(user, "scripted") == "new-access"
+    oidc.refresh_from_db()
+    assert oidc.token_secret == "new-refresh"
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"
+    assert "was not checked (jwks_unavailable)" in caplog.text
+
+
+def test_providers_without_discovery_skip_the_check(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    make_token()
+    scripted.script(tokens(id_token="not-even-a-jwt"))
+    assert get_access_token(user, "fake") == "new-access"
