@@ -264,10 +264,18 @@ def _send(
             "Could not connect to the endpoint.", code="connection_error", provider=provider
         ) from None
     except requests.RequestException as exc:
-        # The message of a requests exception can quote the URL with its query
-        # string (GET token endpoints): never pass it on.
+        # The message of a requests exception can quote the URL: never pass it on.
         raise TokenRefreshUnavailable(
             f"HTTP request failed ({type(exc).__name__}).",
+            code="connection_error",
+            provider=provider,
+        ) from None
+    except Exception as exc:
+        # Anything else raised inside requests (a site's custom session or
+        # adapter): its traceback would show the form with the refresh token
+        # on a DEBUG error page. Report the type only, without the chain.
+        raise TokenRefreshUnavailable(
+            f"HTTP request failed unexpectedly ({type(exc).__name__}).",
             code="connection_error",
             provider=provider,
         ) from None

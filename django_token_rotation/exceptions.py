@@ -7,6 +7,11 @@ exception message (and so a log line or an error page) through these classes.
 from __future__ import annotations
 
 import datetime
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 
 class TokenRotationError(Exception):
@@ -98,3 +103,40 @@ class ImproperlyConfiguredProvider(ProviderNotRefreshable):
     """The provider or its app cannot be resolved through allauth."""
 
     default_code = "provider_not_configured"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def contained(func: Callable[P, R]) -> Callable[P, R]:
+    """For the public entry points: no traceback that leaves them reaches a frame
+    that held a token.
+
+    Django's DEBUG error page, and error trackers that record local variables,
+    show every frame of a traceback. Our exceptions are re-raised with a
+    traceback that starts here; anything unexpected (a bug, the database
+    gone) is logged by type and place only and raised as
+    ``TokenRefreshUnavailable("internal_error")``, without its chain.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except TokenRotationError as exc:
+            raise exc.with_traceback(None) from None
+        except Exception as exc:
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            logging.getLogger("django_token_rotation").error(
+                "Unexpected %s in %s at %s; reported as internal_error.",
+                type(exc).__name__,
+                func.__qualname__,
+                where,
+            )
+            raise TokenRefreshUnavailable(
+                "An unexpected error occurred while handling a token.", code="internal_error"
+            ) from None
+
+    return wrapper

@@ -25,7 +25,7 @@ from django.http import HttpRequest
 
 from . import client, providers
 from .conf import app_settings
-from .exceptions import TokenRotationError
+from .exceptions import TokenRotationError, contained
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -67,6 +67,7 @@ def revocation_endpoint(token: SocialToken) -> str | None:
     return KNOWN_ENDPOINTS.get(key) or KNOWN_ENDPOINTS.get(str(getattr(provider, "id", "")))
 
 
+@contained
 def revoke(token: SocialToken, *, timeout: float | None = None, delete: bool = True) -> Revocation:
     """Revoke ``token``'s grant at its provider; on success delete it locally
     (with ``delete``). Never raises for a provider's failure: the outcome says it.

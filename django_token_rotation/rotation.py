@@ -39,6 +39,8 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 
 from . import client, idtoken, providers, signals
 from .conf import app_settings
@@ -47,6 +49,7 @@ from .exceptions import (
     ReauthenticationRequired,
     TokenRefreshUnavailable,
     TokenRotationError,
+    contained,
 )
 from .models import TokenState
 
@@ -165,6 +168,7 @@ def find_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str) -> S
     )
 
 
+@contained
 def get_access_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str) -> str:
     """A valid access token for ``user`` at ``provider``, refreshed first if due.
 
@@ -182,6 +186,8 @@ def get_access_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str
     return access_token_for(token)
 
 
+@contained
+@sensitive_variables()
 def access_token_for(token: SocialToken) -> str:
     """:func:`get_access_token` for a ``SocialToken`` already in hand."""
     state = _cached_state(token)
@@ -216,6 +222,7 @@ class TokenCheck:
     unavailable: TokenRefreshUnavailable | None = None
 
 
+@contained
 def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) -> list[TokenCheck]:
     """Refresh the user's due tokens; say when each must be looked at next.
 
@@ -275,6 +282,8 @@ def _check(token: SocialToken) -> TokenCheck | None:
     )
 
 
+@contained
+@sensitive_variables()
 def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     """Refresh ``token`` now if it is due (always, with ``force``); return it updated.
 
@@ -388,6 +397,7 @@ class _Refresh:
 
     # -- the loop ------------------------------------------------------------
 
+    @method_decorator(sensitive_variables())
     def run(self) -> SocialToken:
         token = self.token
         wait = app_settings.WAIT
@@ -439,6 +449,7 @@ class _Refresh:
             lease_id="", lease_expires_at=None
         )
 
+    @method_decorator(sensitive_variables())
     def _refresh_holding(self, lease_id: str) -> SocialToken:
         token = self.token
         try:
@@ -487,6 +498,7 @@ class _Refresh:
         finally:
             self._release(lease_id)
 
+    @method_decorator(sensitive_variables())
     def _checked_id_token(
         self, endpoint: client.TokenEndpoint, answer: client.TokenResponse
     ) -> dict[str, Any] | ReauthenticationRequired | None:
@@ -513,6 +525,7 @@ class _Refresh:
 
     # -- outcomes ------------------------------------------------------------
 
+    @method_decorator(sensitive_variables())
     def _store(
         self,
         answer: client.TokenResponse,
@@ -596,6 +609,7 @@ class _Refresh:
                 _provider_key(token),
             )
 
+    @method_decorator(sensitive_variables())
     def _refused_by_provider(
         self, exc: ReauthenticationRequired, sent: str, *, elapsed: float
     ) -> SocialToken:

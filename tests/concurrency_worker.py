@@ -49,7 +49,7 @@ def main() -> None:
             real_grant(*a, **kw)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        client.refresh_token_grant = grant_then_die  # type: ignore[assignment]
+        client.refresh_token_grant = grant_then_die
 
     user = get_user_model().objects.get(pk=args.user_id)
     connections.close_all()
