@@ -10,6 +10,21 @@ read these values without setting up Django. Environment variables (set by
     Where the two SQLite databases and the provider's signing key live.
 ``DEMO_ACCESS_TOKEN_SECONDS`` (30)
     Lifetime of the access tokens the provider issues.
+
+Optionally, the site signs in with a real OpenID Connect provider instead of the
+bundled one (which still starts, unused):
+
+``DEMO_OIDC_SERVER_URL``
+    The provider's issuer: ``https://accounts.google.com``,
+    ``https://login.microsoftonline.com/<tenant id>/v2.0``,
+    ``https://<keycloak host>/realms/<realm>``...
+``DEMO_OIDC_CLIENT_ID``, ``DEMO_OIDC_SECRET``
+    The app registered there, with the redirect URI
+    ``http://127.0.0.1:8000/accounts/oidc/external/login/callback/``.
+``DEMO_OIDC_SCOPES`` (``openid profile email offline_access``; Google: without ``offline_access``)
+    Scopes to ask for, separated by spaces.
+``DEMO_OIDC_NAME`` (``OpenID Connect provider``)
+    The provider's name on the pages.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +62,74 @@ PROVIDER_URL = f"http://{HOST}:{PROVIDER_PORT}"
 PROVIDER_ISSUER = f"{PROVIDER_URL}/o"
 USERINFO_URL = f"{PROVIDER_ISSUER}/userinfo/"
 
-# allauth's provider_id of the OpenID Connect app, and its callback path.
-PROVIDER_ID = "demo"
-PROVIDER_NAME = "Demo provider"
-CALLBACK_PATH = f"/accounts/oidc/{PROVIDER_ID}/login/callback/"
-REDIRECT_URIS = [
-    f"{SITE_URL}{CALLBACK_PATH}",
-    f"http://localhost:{SITE_PORT}{CALLBACK_PATH}",
-]
-
-# Demo values, known to both sides. Never reuse them anywhere real.
+# The bundled provider's client for the site, known to both sides (the
+# provider's copy is seeded on start). Never reuse it anywhere real.
 CLIENT_ID = "token-rotation-demo-site"
 CLIENT_SECRET = "demo-client-secret-not-a-secret"
+# allauth's provider_id of the bundled provider's OpenID Connect app, and the
+# callback URLs the bundled provider accepts.
+DEMO_PROVIDER_ID = "demo"
+DEMO_CALLBACK_PATH = f"/accounts/oidc/{DEMO_PROVIDER_ID}/login/callback/"
+REDIRECT_URIS = [
+    f"{SITE_URL}{DEMO_CALLBACK_PATH}",
+    f"http://localhost:{SITE_PORT}{DEMO_CALLBACK_PATH}",
+]
+
+
+@dataclass(frozen=True)
+class SiteProvider:
+    """The OpenID Connect provider the site signs in with."""
+
+    provider_id: str
+    name: str
+    issuer: str
+    client_id: str
+    secret: str
+    scopes: list[str]
+    auth_params: dict[str, str]
+    external: bool
+
+    @property
+    def callback_path(self) -> str:
+        return f"/accounts/oidc/{self.provider_id}/login/callback/"
+
+
+def site_provider() -> SiteProvider:
+    """The bundled provider, or the real one named by ``DEMO_OIDC_*`` (see above)."""
+    issuer = os.environ.get("DEMO_OIDC_SERVER_URL", "").strip().rstrip("/")
+    if not issuer:
+        return SiteProvider(
+            provider_id=DEMO_PROVIDER_ID,
+            name="Demo provider",
+            issuer=PROVIDER_ISSUER,
+            client_id=CLIENT_ID,
+            secret=CLIENT_SECRET,
+            scopes=["openid", "profile", "email"],
+            auth_params={},
+            external=False,
+        )
+    google = issuer == "https://accounts.google.com"
+    return SiteProvider(
+        provider_id="external",
+        name=os.environ.get("DEMO_OIDC_NAME", "").strip() or "OpenID Connect provider",
+        issuer=issuer,
+        # run_demo.py refuses to start without them.
+        client_id=os.environ.get("DEMO_OIDC_CLIENT_ID", "").strip(),
+        secret=os.environ.get("DEMO_OIDC_SECRET", "").strip(),
+        # Refresh tokens come with the offline_access scope; Google's come with
+        # access_type=offline instead, and on every sign-in only with prompt=consent.
+        scopes=os.environ.get("DEMO_OIDC_SCOPES", "").split()
+        or ["openid", "profile", "email", *([] if google else ["offline_access"])],
+        auth_params={"access_type": "offline", "prompt": "consent"} if google else {},
+        external=True,
+    )
+
+
+SITE_PROVIDER = site_provider()
+PROVIDER_ID = SITE_PROVIDER.provider_id
+PROVIDER_NAME = SITE_PROVIDER.name
+EXTERNAL_PROVIDER = SITE_PROVIDER.external
+CALLBACK_PATH = SITE_PROVIDER.callback_path
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"

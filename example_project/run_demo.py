@@ -12,6 +12,9 @@ Options (or environment variables): ``--site-port`` (``DEMO_SITE_PORT``),
 ``--provider-port`` (``DEMO_PROVIDER_PORT``), ``--data-dir`` (``DEMO_DATA_DIR``,
 default: this directory), ``--access-token-seconds`` (``DEMO_ACCESS_TOKEN_SECONDS``,
 default 30).
+
+``DEMO_OIDC_SERVER_URL``, ``DEMO_OIDC_CLIENT_ID`` and ``DEMO_OIDC_SECRET`` point
+the site at a real OpenID Connect provider instead (see ``demo_config.py``).
 """
 
 from __future__ import annotations
@@ -138,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    external = os.environ.get("DEMO_OIDC_SERVER_URL", "").strip()
+    if external and not (
+        os.environ.get("DEMO_OIDC_CLIENT_ID", "").strip()
+        and os.environ.get("DEMO_OIDC_SECRET", "").strip()
+    ):
+        print(
+            "DEMO_OIDC_SERVER_URL is set: DEMO_OIDC_CLIENT_ID and DEMO_OIDC_SECRET are needed too.",
+            file=sys.stderr,
+        )
+        return 2
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -217,16 +230,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(0.2)
 
         rule = "=" * 72
+        if external:
+            signin = (
+                f"            and sign in with {external}\n"
+                f"            (redirect URI: {site_url}/accounts/oidc/external/login/callback/)\n"
+            )
+            lifetime = "Access tokens live as long as that provider says"
+        else:
+            signin = "            and sign in with the Demo provider as  demo / demo-password\n"
+            lifetime = f"Access tokens live {args.access_token_seconds} s"
         print(
             f"\n{rule}\n"
             f"  The demo is running (ready in {time.monotonic() - started:.1f} s).\n\n"
             f"  Open      {site_url}/\n"
-            f"            and sign in with the Demo provider as  demo / demo-password\n"
+            f"{signin}"
             f"  Admin     {site_url}/admin/   as  admin / admin-password\n"
             f"            (signing in there replaces the demo user's session)\n"
             f"  Provider  {provider_url}/\n\n"
-            f"  Access tokens live {args.access_token_seconds} s; the site refreshes one"
-            f" {LEEWAY} s before it expires.\n"
+            f"  {lifetime}; the site refreshes one {LEEWAY} s before it expires.\n"
+            f"  Then: wait for the countdown, reload, watch the token rotate;\n"
+            f'  press "Revoke my grant at the provider" and see the sign-in prompt.\n'
             f"  Press Ctrl-C to stop both servers.\n"
             f"{rule}\n",
             flush=True,

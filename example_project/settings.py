@@ -93,19 +93,40 @@ SOCIALACCOUNT_STORE_TOKENS = True
 # The login URL needs a POST (with the CSRF token): a GET shows a confirmation page.
 SOCIALACCOUNT_LOGIN_ON_GET = False
 
+# The bundled demo provider, or a real one named by DEMO_OIDC_* environment
+# variables (see demo_config.py).
+_provider = demo.SITE_PROVIDER
+_app_settings: dict[str, Any] = {
+    "server_url": _provider.issuer,
+    "scope": _provider.scopes,
+    "oauth_pkce_enabled": True,
+}
+if _provider.auth_params:
+    _app_settings["auth_params"] = _provider.auth_params
+if not _provider.external:
+    # django-oauth-toolkit serves RFC 7009 revocation but does not advertise it
+    # in its discovery document: the dashboard's "revoke" button needs it.
+    _app_settings["openid_configuration_overrides"] = {
+        "revocation_endpoint": f"{demo.PROVIDER_ISSUER}/revoke_token/"
+    }
+
+# token_rotation.W007 (no offline_access scope) does not apply: django-oauth-toolkit
+# issues refresh tokens without it, Google with access_type=offline instead.
+SILENCED_SYSTEM_CHECKS = (
+    ["token_rotation.W007"]
+    if not _provider.external or _provider.auth_params.get("access_type") == "offline"
+    else []
+)
+
 SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, Any]] = {
     "openid_connect": {
         "APPS": [
             {
-                "provider_id": demo.PROVIDER_ID,
-                "name": demo.PROVIDER_NAME,
-                "client_id": demo.CLIENT_ID,
-                "secret": demo.CLIENT_SECRET,
-                "settings": {
-                    "server_url": demo.PROVIDER_ISSUER,
-                    "scope": ["openid", "profile", "email"],
-                    "oauth_pkce_enabled": True,
-                },
+                "provider_id": _provider.provider_id,
+                "name": _provider.name,
+                "client_id": _provider.client_id,
+                "secret": _provider.secret,
+                "settings": _app_settings,
             }
         ],
     }

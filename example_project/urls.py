@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/call-api/", views.call_api, name="call_api"),
+    path("dashboard/revoke/", views.revoke_grant, name="revoke_grant"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ ACCESS_TOKEN_SECONDS = 20
 STARTUP_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 30.0
 DEMO_USER = ("demo", "demo-password")
+PROMPT_FORM = ".token-rotation-reauth__form"  # {% reauth_prompt %}'s form
 
 
 # --- a tiny browser: forms, fields, submit -------------------------------------
@@ -73,10 +75,14 @@ def forms(response: requests.Response) -> list[Form]:
 
 
 def find_form(response: requests.Response, form_id: str) -> Form:
+    """The form with id ``form_id``, or the first with class ``form_id[1:]`` for ``.name``."""
     for form in forms(response):
-        if form.attrs.get("id") == form_id:
+        if form_id.startswith("."):
+            if form_id[1:] in form.attrs.get("class", "").split():
+                return form
+        elif form.attrs.get("id") == form_id:
             return form
-    raise AssertionError(f"no form #{form_id} on {response.url} (HTTP {response.status_code})")
+    raise AssertionError(f"no form {form_id} on {response.url} (HTTP {response.status_code})")
 
 
 def submit(
@@ -137,9 +143,18 @@ class Demo:
     site_url: str
     provider_url: str
     log: Path
+    data_dir: Path
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stored_tokens(self) -> list[str]:
+        """Every access and refresh token the site holds now, read from its database
+        file (read-only), to check that no page shows one."""
+        uri = f"file:{self.data_dir / 'demo-site.sqlite3'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            rows = db.execute("SELECT token, token_secret FROM socialaccount_socialtoken")
+            return [value for row in rows for value in row if value]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -165,8 +180,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Demo]:
+@contextlib.contextmanager
+def running_demo(tmp_path: Path, access_token_seconds: int) -> Iterator[Demo]:
+    """``run_demo.py`` on free ports, its data in ``tmp_path``; stopped as a user would."""
     site_port, provider_port = _free_ports(2)
     log = tmp_path / "run_demo.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEMO_")}
@@ -179,7 +195,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
                 f"--site-port={site_port}",
                 f"--provider-port={provider_port}",
                 f"--data-dir={tmp_path / 'data'}",
-                f"--access-token-seconds={ACCESS_TOKEN_SECONDS}",
+                f"--access-token-seconds={access_token_seconds}",
             ],
             cwd=REPO_ROOT,
             env=env,
@@ -190,7 +206,9 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             # the two servers too.
             start_new_session=True,
         )
-    handle = Demo(f"http://127.0.0.1:{site_port}", f"http://127.0.0.1:{provider_port}", log)
+    handle = Demo(
+        f"http://127.0.0.1:{site_port}", f"http://127.0.0.1:{provider_port}", log, tmp_path / "data"
+    )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while "The demo is running" not in handle.output():
@@ -214,12 +232,23 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             process.wait(timeout=10)
 
 
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    with running_demo(tmp_path, ACCESS_TOKEN_SECONDS) as handle:
+        yield handle
+
+
 # --- the test --------------------------------------------------------------------
 
 
-def sign_in(session: requests.Session, demo: Demo, page: requests.Response) -> requests.Response:
-    """From a page with the sign-in button to the dashboard, through the provider."""
-    response = submit(session, page, "signin-form")
+def sign_in(
+    session: requests.Session,
+    demo: Demo,
+    page: requests.Response,
+    form_id: str = "signin-form",
+) -> requests.Response:
+    """From a page with a sign-in button to the dashboard, through the provider."""
+    response = submit(session, page, form_id)
     assert response.status_code == 200, response.text[:2000]
     if response.url.startswith(f"{demo.provider_url}/accounts/login/"):
         username, password = DEMO_USER
@@ -274,34 +303,47 @@ def test_demo_signs_in_rotates_the_token_and_asks_to_sign_in_again(demo: Demo) -
     assert text_of(page, "token-tail") == tail
     assert userinfo(page)["preferred_username"] == "demo"
 
-    # The user revokes the site's access at the provider ...
+    # The user revokes the site's grant at the provider, with the dashboard's button ...
+    page = submit(session, page, "revoke-form")
+    assert page.url == f"{demo.site_url}/dashboard/"
+    revoked = block(page, "revoked")
+    assert revoked is not None and "is revoked" in revoked, page.text[:3000]
+    assert block(page, "session-error") is None  # the site does not know yet
+    assert text_of(page, "token-tail") == tail  # and keeps its copy
+    # ... which the provider did: no token of the site left on its own page ...
     tokens = session.get(f"{demo.provider_url}/o/authorized_tokens/", timeout=REQUEST_TIMEOUT)
-    links = re.findall(r'href="(/o/authorized_tokens/\d+/delete/)"', tokens.text)
-    assert links, tokens.text[:2000]
-    for link in links:
-        confirm = session.get(urljoin(tokens.url, link), timeout=REQUEST_TIMEOUT)
-        # DOT's confirmation form: the last on the page (after the header's sign-out).
-        form = forms(confirm)[-1]
-        assert form.attrs.get("action") == ""
-        data = {i["name"]: i.get("value", "") for i in form.inputs if i.get("name")}
-        assert session.post(confirm.url, data=data, timeout=REQUEST_TIMEOUT).status_code == 200
+    assert tokens.status_code == 200
+    assert not re.findall(r"/o/authorized_tokens/\d+/delete/", tokens.text), tokens.text[:2000]
     # ... the still unexpired access token is refused at once ...
     page = call_api(session, page)
     api_error = block(page, "api-error")
     assert api_error is not None and "HTTP 401" in api_error
-    # ... and the refresh, once due, says: sign in again.
+    # ... and once due, the next page load refreshes, is refused, and shows the prompt.
     wait_until_due(page)
+    page = session.get(f"{demo.site_url}/dashboard/", timeout=REQUEST_TIMEOUT)
+    prompt = block(page, "session-error")
+    assert prompt is not None and "Please sign in again" in prompt, page.text[:3000]
+    assert "Sign in again with Demo provider" in prompt
+    assert 'id="revoke-form"' not in page.text
     page = call_api(session, page)
     reauth = block(page, "reauth")
     assert reauth is not None and "invalid_grant" in reauth, page.text[:3000]
+    assert 'id="signin-form"' not in page.text, "one sign-in button: the prompt's"
+    history = page.text[page.text.index('id="history"') :]
+    assert "failed, sign-in required" in history and "invalid_grant" in history
 
-    # Signing in again (still signed in at the provider: straight to the consent page).
-    dashboard = sign_in(session, demo, page)
+    # The prompt's button: sign in again (still signed in at the provider, so
+    # straight to the consent page), back to the dashboard, prompt gone.
+    dashboard = sign_in(session, demo, page, PROMPT_FORM)
+    assert block(dashboard, "session-error") is None
     assert text_of(dashboard, "token-tail") != tail
     page = call_api(session, dashboard)
     assert userinfo(page)["preferred_username"] == "demo"
+    for secret in demo.stored_tokens():
+        assert secret not in page.text
 
     output = demo.output()
     assert output.count("Refreshed token") == 1, output
+    assert re.search(r"Revoked token \d+ of provider demo at the provider\.", output), output
     # Request lines are logged without their query strings (codes, states).
     assert "code=" not in output and "state=" not in output, output
