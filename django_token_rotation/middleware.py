@@ -25,6 +25,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from . import REFRESH_ACCESS_TOKEN_ERROR, providers, rotation
 from . import session as token_session
 from .conf import app_settings
+from .exceptions import TokenRotationError
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -98,7 +99,12 @@ def recheck(request: HttpRequest) -> dict[str, Any] | None:
         token_session.clear(request)
         return None
     now = time.time()
-    checks = rotation.check_user_tokens(user.pk, app_settings.PROVIDERS)
+    try:
+        checks = rotation.check_user_tokens(user.pk, app_settings.PROVIDERS)
+    except TokenRotationError as exc:
+        # Never into the page: the request goes on, the next one looks again.
+        logger.warning("Could not check the tokens of user %s (%s).", user.pk, exc.code)
+        return token_session.summary(request)
     check_at = now + app_settings.SESSION_RECHECK
     tokens: dict[str, dict[str, Any]] = {}
     error: dict[str, Any] | None = None

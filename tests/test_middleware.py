@@ -387,3 +387,22 @@ def test_sync_middleware_unit_anonymous(rf: RequestFactory) -> None:
     engine = import_module(django_settings.SESSION_ENGINE)
     request.session = engine.SessionStore()
     assert middleware(request).content == b"inner"
+
+
+def test_an_engine_failure_never_breaks_the_page(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_token(expires_in=-5)
+
+    def database_gone(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(SocialToken.objects, "filter", database_gone)
+    response = signed_in.get("/page/")
+    assert response.status_code == 200
+    assert error_in(response) == ""
+    assert "Could not check the tokens of user" in caplog.text
