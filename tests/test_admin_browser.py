@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,37 +22,11 @@ from django.utils import timezone
 
 from django_token_rotation import rotation
 from django_token_rotation.models import RefreshEvent, TokenState
-from tests.conftest import IN_CI
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, requires_browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("TOKEN_ROTATION_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = ROOT / "test-artifacts"
 README_COPY = ROOT / "docs" / "admin-token-list.png"
 
-
-def _missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright is not installed (pip install -e '.[browser]')"
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
-MISSING = _missing()
-if MISSING and IN_CI:
-    raise pytest.UsageError(f"{MISSING}, and CI=true: the browser test must run in CI.")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = requires_browser("the admin browser test")
 
 ACCESS = "browser-access-" + "a" * 40
 REFRESH = "browser-refresh-" + "b" * 40

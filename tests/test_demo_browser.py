@@ -14,9 +14,7 @@ Skipped, with the reason, where Chromium or Playwright is missing; under
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,44 +22,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, requires_browser
 from tests.test_demo import DEMO_USER, Demo, running_demo
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("TOKEN_ROTATION_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = ROOT / "test-artifacts"
 # The site refreshes a token 10 s (TOKEN_ROTATION_LEEWAY) before it expires:
 # 20 s tokens are due 10 s after they are issued, and expired 10 s later.
 ACCESS_TOKEN_SECONDS = 20
 TIMEOUT_MS = 30_000
 
-
-def _missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright is not installed (pip install -e '.[test]')"
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
-MISSING = _missing()
-if MISSING and IN_CI:
-    raise pytest.UsageError(f"{MISSING}, and CI=true: the demo's browser test must run in CI.")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = requires_browser("the demo's browser test")
 
 
 @pytest.fixture
