@@ -106,14 +106,19 @@ def _string(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def openid_configuration(provider: Any) -> dict[str, Any]:
-    """The provider's discovery document, with the app's overrides, cached."""
+def openid_configuration(provider: Any, *, timeout: float | None = None) -> dict[str, Any]:
+    """The provider's discovery document, with the app's overrides, cached.
+
+    ``timeout`` bounds a fetch (default ``TOKEN_ROTATION_TIMEOUT``).
+    """
     url = provider.server_url
     cache = caches[app_settings.CACHE]
     key = "token_rotation:oidc:" + hashlib.sha256(url.encode()).hexdigest()
     document = cache.get(key)
     if not isinstance(document, dict):
-        document = client.fetch_json(url, provider=provider.app.provider_id or provider.id)
+        document = client.fetch_json(
+            url, provider=provider.app.provider_id or provider.id, timeout=timeout
+        )
         cache.set(key, document, app_settings.DISCOVERY_CACHE_SECONDS)
     overrides = provider.app.settings.get("openid_configuration_overrides", {})
     return {**document, **overrides}

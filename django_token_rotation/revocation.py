@@ -49,7 +49,7 @@ class Revocation:
         return self.code == "revoked"
 
 
-def revocation_endpoint(token: SocialToken) -> str | None:
+def revocation_endpoint(token: SocialToken, *, timeout: float | None = None) -> str | None:
     """The provider's RFC 7009 endpoint for ``token``, or ``None`` if none is known.
 
     May raise :class:`TokenRotationError` (the provider cannot be resolved, its
@@ -61,7 +61,7 @@ def revocation_endpoint(token: SocialToken) -> str | None:
         return configured
     provider = providers.get_provider(token)
     if isinstance(provider, OpenIDConnectProvider):
-        url = providers.openid_configuration(provider).get("revocation_endpoint")
+        url = providers.openid_configuration(provider, timeout=timeout).get("revocation_endpoint")
         if isinstance(url, str) and url:
             return url
     return KNOWN_ENDPOINTS.get(key) or KNOWN_ENDPOINTS.get(str(getattr(provider, "id", "")))
@@ -78,7 +78,7 @@ def revoke(token: SocialToken, *, timeout: float | None = None, delete: bool = T
     """
     key = str(token.account.provider)
     try:
-        url = revocation_endpoint(token)
+        url = revocation_endpoint(token, timeout=timeout)
         if url is None:
             return _outcome(token, "no_revocation_endpoint")
         credentials = providers.resolve(token)
