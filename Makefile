@@ -30,7 +30,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/python -m pip install --quiet -e ".[lint]"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy django_token_rotation tests
+	$(BIN)/mypy django_token_rotation tests benchmarks
 
 clean:
 	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info

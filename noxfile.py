@@ -27,4 +27,4 @@ def lint(session: nox.Session) -> None:
     session.install("-e", ".[test,lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "django_token_rotation", "tests")
+    session.run("mypy", "django_token_rotation", "tests", "benchmarks")

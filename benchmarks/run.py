@@ -1,0 +1,599 @@
+"""Run the benchmarks: ``python -m benchmarks.run`` (``--quick`` for the smoke sizes).
+
+Prints three tables, the targets met or missed, then one ``BENCH {json}`` line per figure.
+Every figure of a table is measured in the same run, side by side; throughputs and
+latencies are medians over interleaved rounds, ratios the median of same-round ratios.
+Only 127.0.0.1 is contacted: gunicorn servers, a token endpoint, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .common import LABELS, VARIANTS, fmt, machine, median, table
+from .endpoint import EndpointProcess
+
+FULL: dict[str, Any] = {
+    "rounds": 7,
+    "inprocess_rounds": 30,
+    "inprocess_requests": 300,
+    "http_workers": 3,
+    "http_clients": 6,
+    "http_seconds": 2.0,
+    "burst_clients": 64,
+    "burst_workers": 4,
+    "burst_threads": 16,
+    "burst_rounds": 3,
+    "command_tokens": "1000,10000",
+    "command_rounds": 3,
+}
+QUICK: dict[str, Any] = {
+    "rounds": 2,
+    "inprocess_rounds": 3,
+    "inprocess_requests": 50,
+    "http_workers": 1,
+    "http_clients": 2,
+    "http_seconds": 0.3,
+    "burst_clients": 8,
+    "burst_workers": 2,
+    "burst_threads": 4,
+    "burst_rounds": 1,
+    "command_tokens": "20,60",
+    "command_rounds": 1,
+}
+#: Sizes above this run once (10,000 tokens at concurrency 1 take minutes).
+ROUNDS_UP_TO = 1000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: the smoke run.")
+    parser.add_argument("--rounds", type=int, help="Interleaved rounds of benchmark 1, HTTP.")
+    parser.add_argument("--inprocess-rounds", type=int, help="... in process.")
+    parser.add_argument("--inprocess-requests", type=int, help="Requests per stack per round.")
+    parser.add_argument("--http-workers", type=int, help="gunicorn sync workers per stack.")
+    parser.add_argument("--http-clients", type=int, help="Concurrent HTTP clients.")
+    parser.add_argument("--http-seconds", type=float, help="Seconds per stack per round.")
+    parser.add_argument("--burst-clients", type=int, help="Concurrent clients of the burst.")
+    parser.add_argument("--burst-workers", type=int, help="gunicorn worker processes.")
+    parser.add_argument("--burst-threads", type=int, help="Threads per gunicorn worker.")
+    parser.add_argument("--burst-latency", type=float, default=0.05, help="Token endpoint (s).")
+    parser.add_argument("--burst-rounds", type=int, help="Bursts per stack.")
+    parser.add_argument("--command-tokens", help="Comma-separated token counts.")
+    parser.add_argument("--command-concurrency", default="1,8,32", help="Comma-separated.")
+    parser.add_argument("--command-latency", type=float, default=0.02, help="Token endpoint (s).")
+    parser.add_argument("--command-rounds", type=int, help=f"Rounds for <= {ROUNDS_UP_TO} tokens.")
+    parser.add_argument(
+        "--only", choices=["overhead", "burst", "background"], action="append", help="Repeatable."
+    )
+    parser.add_argument(
+        "--pg-name",
+        default="token_rotation_bench",
+        help="PostgreSQL database to create (dropped first, and at the end).",
+    )
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+# -- the database -----------------------------------------------------------------
+
+
+def _pg() -> dict[str, Any]:
+    env = os.environ.get
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": env("TOKEN_ROTATION_TEST_PG_HOST", "127.0.0.1"),
+        "PORT": env("TOKEN_ROTATION_TEST_PG_PORT", "5432"),
+        "USER": env("TOKEN_ROTATION_TEST_PG_USER", "postgres"),
+        "PASSWORD": env("TOKEN_ROTATION_TEST_PG_PASSWORD", ""),
+    }
+
+
+def _pg_reachable(pg: dict[str, Any]) -> bool:
+    try:
+        with socket.create_connection((pg["HOST"], int(pg["PORT"])), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_admin(pg: dict[str, Any], *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        host=pg["HOST"],
+        port=pg["PORT"],
+        user=pg["USER"],
+        password=pg["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@contextmanager
+def database(name: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The benchmark's own database: PostgreSQL when it answers, else a SQLite file."""
+    pg = _pg()
+    if _pg_reachable(pg):
+        quoted = '"' + name.replace('"', '""') + '"'
+        _pg_admin(pg, f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", f"CREATE DATABASE {quoted}")
+        try:
+            yield {**pg, "NAME": name}, "PostgreSQL"
+        finally:
+            _pg_admin(pg, f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        return
+    path = Path(tempfile.gettempdir()) / f"{name}.sqlite3"
+    path.unlink(missing_ok=True)
+    try:
+        yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}, "SQLite"
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# -- output -------------------------------------------------------------------------
+
+Lines = list[str]
+
+
+def bench(records: list[dict[str, Any]], name: str, **fields: Any) -> None:
+    records.append({"name": name, **fields})
+
+
+def target(
+    records: list[dict[str, Any]], verdicts: Lines, key: str, met: bool, detail: str
+) -> None:
+    verdicts.append(f"  [{'met' if met else 'MISSED'}] {detail}")
+    bench(records, "target", id=key, met=met, detail=detail)
+
+
+def report_overhead(
+    results: dict[str, Any], mode: str, records: list[dict[str, Any]]
+) -> tuple[str, dict[str, dict[str, float]]]:
+    from .overhead import ratios
+
+    rows = []
+    all_ratios: dict[str, dict[str, float]] = {}
+    for variant in VARIANTS:
+        result = results[variant]
+        r = ratios(results, variant)
+        all_ratios[variant] = r
+        queries = "-" if result.queries is None else str(result.queries)
+        rows.append(
+            [
+                LABELS[variant],
+                fmt(result.rps(), 0),
+                fmt(r["rps"], 3),
+                fmt(result.p50_ms(), 3),
+                fmt(r["p50"], 3),
+                fmt(result.p99_ms(), 3),
+                fmt(r["p99"], 3),
+                queries,
+                str(result.errors()),
+            ]
+        )
+        bench(
+            records,
+            "overhead",
+            mode=mode,
+            variant=variant,
+            rps=round(result.rps(), 1),
+            p50_ms=round(result.p50_ms(), 4),
+            p99_ms=round(result.p99_ms(), 4),
+            rps_ratio=round(r["rps"], 4),
+            p50_ratio=round(r["p50"], 4),
+            p99_ratio=round(r["p99"], 4),
+            queries_per_request=result.queries,
+            errors=result.errors(),
+            rounds=len(result.rounds),
+        )
+    headers = ["stack", "req/s", "x (a)", "p50 ms", "x (a)", "p99 ms", "x (a)", "queries", "errors"]
+    return table(headers, rows), all_ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = set(args.only or ["overhead", "burst", "background"])
+    records: list[dict[str, Any]] = []
+    verdicts: Lines = []
+    out: Lines = []
+    started = time.monotonic()
+    command = "python -m benchmarks.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+
+    endpoint = EndpointProcess(args.burst_latency)
+    try:
+        with database(args.pg_name) as (db, db_label):
+            os.environ["TOKEN_ROTATION_BENCH_DB"] = json.dumps(db)
+            os.environ["TOKEN_ROTATION_BENCH_TOKEN_URL"] = endpoint.token_url
+            os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            import django
+
+            django.setup()
+            from django.core.management import call_command
+            from django.db import connection
+
+            call_command("migrate", verbosity=0, interactive=False)
+            about = {**machine(), "database": db_label}
+            if db_label == "SQLite":
+                import sqlite3
+
+                about["database"] = f"SQLite {sqlite3.sqlite_version}"
+            else:
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW server_version")
+                    about["database"] = f"PostgreSQL {cursor.fetchone()[0]}"
+            bench(records, "machine", command=command, **about)
+            out.append(
+                f"django-token-rotation benchmarks: {about['cpu']}, {about['cores']} cores, "
+                f"Python {about['python']}, Django {about['django']}, {about['database']}"
+            )
+            out.append(f"$ {command}")
+
+            if "overhead" in sections:
+                _overhead(args, env, out, records, verdicts)
+            if "burst" in sections:
+                _burst(args, env, endpoint, out, records, verdicts)
+            if "background" in sections:
+                _background(args, env, endpoint, db_label, out, records, verdicts)
+            from django.db import connections
+
+            connections.close_all()
+    finally:
+        endpoint.stop()
+
+    out.append("")
+    out.append("Targets:")
+    out.extend(verdicts)
+    out.append(f"Total time: {time.monotonic() - started:.0f} s")
+    print("\n".join(out))
+    print()
+    for record in records:
+        print("BENCH " + json.dumps(record, sort_keys=False))
+    return 0
+
+
+def _overhead(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    out: Lines,
+    records: list[dict[str, Any]],
+    verdicts: Lines,
+) -> None:
+    from .common import make_tokens
+    from .overhead import in_process, middleware_alone, over_http
+
+    users = make_tokens(
+        max(args.http_clients, 100), expires_in=24 * 3600, prefix="user-", with_state=False
+    )
+    out.append("")
+    out.append(
+        "1. Per-request overhead: a login-required page, signed-in user with a fresh token "
+        "(signed-cookie sessions; medians of interleaved rounds a, b, c, a, b, c...; "
+        "x (a): median of the same-round ratios to (a))"
+    )
+    results, cookies = in_process(
+        users[0], requests_per_round=args.inprocess_requests, rounds=args.inprocess_rounds
+    )
+    text, r_in = report_overhead(results, "in_process", records)
+    out.append(
+        f"   in process (Django test client, {args.inprocess_rounds} rounds of "
+        f"{args.inprocess_requests} requests per stack)"
+    )
+    out.append(text)
+    alone = middleware_alone(users[0], cookies, 200 if args.quick else 5000)
+    share = alone["ours"] / (results["none"].p50_ms() * 1000)
+    out.append(
+        f"   the token middleware alone, per request (best of 5 loops): (b) {alone['naive']:.1f} "
+        f"us, (c) {alone['ours']:.1f} us = {share:.1%} of (a)'s median request"
+    )
+    bench(
+        records,
+        "middleware_alone",
+        naive_us=round(alone["naive"], 2),
+        ours_us=round(alone["ours"], 2),
+        ours_share_of_request=round(share, 4),
+    )
+    q = {v: results[v].queries for v in VARIANTS}
+    target(
+        records,
+        verdicts,
+        "overhead.queries",
+        q["ours"] == q["none"],
+        f"(c) adds 0 queries per request: (a) {q['none']}, (b) {q['naive']}, (c) {q['ours']}",
+    )
+    within = r_in["ours"]["rps"] >= 0.97 and r_in["ours"]["p50"] <= 1.03
+    target(
+        records,
+        verdicts,
+        "overhead.in_process_within_3pct",
+        within,
+        f"(c) within 3% of (a) in process: req/s ratio {r_in['ours']['rps']:.3f} (>= 0.970), "
+        f"median latency ratio {r_in['ours']['p50']:.3f} (<= 1.030); middleware alone "
+        f"{share:.1%} of a request",
+    )
+    http = over_http(
+        users,
+        env,
+        workers=args.http_workers,
+        clients=args.http_clients,
+        seconds=args.http_seconds,
+        rounds=args.rounds,
+    )
+    text, r_http = report_overhead(http, "http", records)
+    out.append("")
+    out.append(
+        f"   over HTTP (gunicorn, {args.http_workers} sync workers per stack; "
+        f"{args.http_clients} client threads, {args.http_seconds:g} s per stack per round; "
+        "queries: as in process)"
+    )
+    out.append(text)
+    in_beats = r_in["ours"]["rps"] > r_in["naive"]["rps"]
+    http_beats = r_http["ours"]["rps"] > r_http["naive"]["rps"]
+    target(
+        records,
+        verdicts,
+        "overhead.beats_naive",
+        in_beats and http_beats,
+        f"(c) beats (b): req/s ratio to (a) in process {r_in['ours']['rps']:.3f} vs "
+        f"{r_in['naive']['rps']:.3f}, over HTTP {r_http['ours']['rps']:.3f} vs "
+        f"{r_http['naive']['rps']:.3f}",
+    )
+
+
+def _burst(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    endpoint: EndpointProcess,
+    out: Lines,
+    records: list[dict[str, Any]],
+    verdicts: Lines,
+) -> None:
+    from .burst import burst
+
+    latency_ms = args.burst_latency * 1000
+    limit = latency_ms + 150
+    out.append("")
+    out.append(
+        f"2. Burst after expiry: {args.burst_clients} clients at once, one user's expired "
+        f"token, gunicorn {args.burst_workers} workers x {args.burst_threads} threads, "
+        f"token endpoint {latency_ms:g} ms ({args.burst_rounds} bursts per stack; latency: "
+        "medians over bursts)"
+    )
+    rows = []
+    control_p99 = 0.0
+    for variant, expire in (("ours", False), ("ours", True), ("naive", True)):
+        result = burst(
+            variant,
+            endpoint,
+            env,
+            clients=args.burst_clients,
+            workers=args.burst_workers,
+            threads=args.burst_threads,
+            latency=args.burst_latency,
+            rounds=args.burst_rounds,
+            expire=expire,
+        )
+        if not expire:
+            control_p99 = result.p99_ms()
+        rejected = sum(r.rejected for r in result.rounds)
+        errors = sum(r.errors for r in result.rounds)
+        label = LABELS[variant] if expire else "control: (c), token fresh, no refresh"
+        rows.append(
+            [
+                label,
+                " ".join(str(c) for c in result.calls()),
+                str(rejected),
+                str(errors),
+                fmt(result.p50_ms(), 0),
+                fmt(result.p99_ms(), 0),
+                fmt(result.max_p99_ms(), 0),
+            ]
+        )
+        bench(
+            records,
+            "burst",
+            variant=variant if expire else "ours_control",
+            clients=args.burst_clients,
+            workers=args.burst_workers,
+            threads=args.burst_threads,
+            endpoint_latency_ms=latency_ms,
+            refresh_calls=result.calls(),
+            rejected_replays=rejected,
+            errors=errors,
+            p50_ms=round(result.p50_ms(), 1),
+            p99_ms=round(result.p99_ms(), 1),
+            max_p99_ms=round(result.max_p99_ms(), 1),
+        )
+        if variant == "ours" and expire:
+            once = all(r.calls == 1 and r.refresh_count == 1 for r in result.rounds)
+            target(
+                records,
+                verdicts,
+                "burst.one_refresh",
+                once,
+                f"burst: exactly 1 refresh call per burst: {result.calls()}",
+            )
+            target(
+                records,
+                verdicts,
+                "burst.no_errors",
+                errors == 0 and rejected == 0,
+                f"burst: 0 errors ({errors}) and 0 replayed refresh tokens ({rejected})",
+            )
+            target(
+                records,
+                verdicts,
+                "burst.p99",
+                result.p99_ms() <= limit,
+                f"burst: p99 {result.p99_ms():.0f} ms <= endpoint {latency_ms:g} + 150 = "
+                f"{limit:g} ms (worst burst {result.max_p99_ms():.0f} ms; the same burst "
+                f"without a refresh: p99 {control_p99:.0f} ms)",
+            )
+            added = result.p99_ms() - control_p99
+            target(
+                records,
+                verdicts,
+                "burst.p99_added",
+                added <= limit,
+                f"burst: p99 added by the refresh (vs the control) {added:.0f} ms <= {limit:g} ms",
+            )
+    headers = [
+        "stack",
+        "refresh calls",
+        "replays refused",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "worst p99",
+    ]
+    out.append(table(headers, rows))
+
+
+def _background(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    endpoint: EndpointProcess,
+    db_label: str,
+    out: Lines,
+    records: list[dict[str, Any]],
+    verdicts: Lines,
+) -> None:
+    from .background import CommandRun, postmaster_pid, prepare, run_command, startup_seconds
+
+    sizes = [int(n) for n in args.command_tokens.split(",") if n]
+    levels = [int(n) for n in args.command_concurrency.split(",") if n]
+    latency_ms = args.command_latency * 1000
+    out.append("")
+    out.append(
+        f"3. Background refresh: manage.py refresh_tokens over due tokens, token endpoint "
+        f"{latency_ms:g} ms, {db_label} (medians of {args.command_rounds} interleaved rounds "
+        f"up to {ROUNDS_UP_TO:,} tokens, one run above)"
+    )
+    if db_label != "PostgreSQL":
+        reason = "PostgreSQL is not reachable at 127.0.0.1:5432 (TOKEN_ROTATION_TEST_PG_*)"
+        out.append(f"   skipped: {reason}")
+        bench(records, "background", skipped=reason)
+        return
+    postmaster = postmaster_pid()
+    runs: dict[tuple[int, int], list[CommandRun]] = {}
+    for size in sizes:
+        prepare(size)
+        for _ in range(args.command_rounds if size <= ROUNDS_UP_TO else 1):
+            for level in levels:
+                run = run_command(size, level, endpoint, env, args.command_latency, postmaster)
+                runs.setdefault((size, level), []).append(run)
+    startup = median([startup_seconds(env) for _ in range(3)])  # every token is fresh now
+    rows = []
+    summary: dict[tuple[int, int], dict[str, float]] = {}
+    for (size, level), measured in runs.items():
+        figures = {
+            "seconds": median([r.seconds for r in measured]),
+            "tokens_per_s": median([r.tokens_per_s for r in measured]),
+            "ms_per_token": median([r.ms_per_token for r in measured]),
+            "peak_rss_mb": median([r.peak_rss_mb for r in measured]),
+            "cpu_command_ms": median([r.cpu_command_ms for r in measured]),
+            "cpu_endpoint_ms": median([r.cpu_endpoint_ms for r in measured]),
+            "cpu_postgres_ms": median([r.cpu_postgres_ms for r in measured]),
+        }
+        summary[(size, level)] = figures
+        ok = all(r.refreshed == size and r.calls == size for r in measured)
+        rows.append(
+            [
+                f"{size:,}",
+                str(level),
+                fmt(figures["seconds"], 2),
+                fmt(figures["tokens_per_s"], 0),
+                fmt(figures["ms_per_token"], 2),
+                fmt(figures["peak_rss_mb"], 1),
+                fmt(figures["cpu_command_ms"], 2),
+                fmt(figures["cpu_endpoint_ms"], 2),
+                fmt(figures["cpu_postgres_ms"], 2),
+                "yes" if ok else "NO",
+            ]
+        )
+        bench(
+            records,
+            "background",
+            tokens=size,
+            concurrency=level,
+            rounds=len(measured),
+            **{k: round(v, 3) for k, v in figures.items()},
+            all_refreshed_once=ok,
+        )
+    headers = [
+        "tokens",
+        "concurrency",
+        "seconds",
+        "tokens/s",
+        "ms/token",
+        "peak RSS MB",
+        "CPU ms/token: command",
+        "endpoint",
+        "PostgreSQL",
+        "each once",
+    ]
+    out.append(table(headers, rows))
+    out.append(
+        f"   (wall time includes the command's start-up: {startup:.2f} s with nothing due; "
+        f"{_cores()} cores shared by the command, PostgreSQL and the endpoint)"
+    )
+    bench(records, "background_startup", seconds=round(startup, 3))
+    top = max(levels)
+    slowest = min(summary[(size, top)]["tokens_per_s"] for size in sizes)
+    target(
+        records,
+        verdicts,
+        "background.throughput",
+        slowest >= 200,
+        f"background: >= 200 tokens/s at concurrency {top}: "
+        + ", ".join(f"{s:,}: {summary[(s, top)]['tokens_per_s']:.0f}" for s in sizes),
+    )
+    if len(sizes) > 1:
+        small, large = min(sizes), max(sizes)
+        per_token = [
+            summary[(large, level)]["ms_per_token"] / summary[(small, level)]["ms_per_token"]
+            for level in levels
+        ]
+        memory = [
+            summary[(large, level)]["peak_rss_mb"] / summary[(small, level)]["peak_rss_mb"]
+            for level in levels
+        ]
+        target(
+            records,
+            verdicts,
+            "background.flat_time",
+            max(per_token) <= 1.25,
+            f"background: time per token flat from {small:,} to {large:,} (ratio <= 1.25): "
+            + ", ".join(f"c={lv}: {x:.2f}" for lv, x in zip(levels, per_token, strict=True)),
+        )
+        target(
+            records,
+            verdicts,
+            "background.flat_memory",
+            max(memory) <= 1.25,
+            f"background: peak memory flat from {small:,} to {large:,} (ratio <= 1.25): "
+            + ", ".join(f"c={lv}: {x:.2f}" for lv, x in zip(levels, memory, strict=True)),
+        )
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The benchmark, end to end with tiny sizes, so that it cannot rot.
+
+It asserts the shape of the output and the burst's one-refresh invariant, never a
+timing: speed is for ``python -m benchmarks.run`` to report, not for tests to judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def output() -> str:
+    pytest.importorskip("gunicorn", reason="the benchmark needs gunicorn (the test extra)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            f"--pg-name=token_rotation_bench_smoke_{os.getpid()}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def records(output: str, name: str) -> list[dict[str, Any]]:
+    prefix = "BENCH "
+    parsed = [
+        json.loads(line[len(prefix) :]) for line in output.splitlines() if line.startswith(prefix)
+    ]
+    return [record for record in parsed if record["name"] == name]
+
+
+def test_prints_the_three_tables(output: str) -> None:
+    for heading in (
+        "1. Per-request overhead",
+        "in process (Django test client",
+        "over HTTP (gunicorn",
+        "2. Burst after expiry",
+        "3. Background refresh",
+        "Targets:",
+    ):
+        assert heading in output
+    tables = output.split("BENCH ", 1)[0]
+    assert tables.count("(a) no token middleware") == 2  # in process, over HTTP
+    assert tables.count("(b) naive") == 3  # ... and the burst
+    assert tables.count("(c) TokenRefreshMiddleware") == 3
+
+
+def test_machine_readable_lines(output: str) -> None:
+    (machine,) = records(output, "machine")
+    assert machine["command"].startswith("python -m benchmarks.run")
+    overhead = records(output, "overhead")
+    assert {(r["mode"], r["variant"]) for r in overhead} == {
+        (mode, variant) for mode in ("in_process", "http") for variant in ("none", "naive", "ours")
+    }
+    assert all(r["errors"] == 0 and r["rps"] > 0 for r in overhead)
+    assert records(output, "background")
+    assert {r["id"] for r in records(output, "target")} >= {
+        "overhead.queries",
+        "overhead.beats_naive",
+        "burst.one_refresh",
+        "burst.no_errors",
+    }
+
+
+def test_the_token_middleware_adds_no_query(output: str) -> None:
+    queries = {
+        r["variant"]: r["queries_per_request"]
+        for r in records(output, "overhead")
+        if r["mode"] == "in_process"
+    }
+    assert queries["ours"] == queries["none"]
+    assert queries["naive"] == queries["none"] + 1
+
+
+def test_one_refresh_per_burst(output: str) -> None:
+    ours, naive = (
+        next(r for r in records(output, "burst") if r["variant"] == variant)
+        for variant in ("ours", "naive")
+    )
+    assert ours["refresh_calls"] == [1]
+    assert ours["errors"] == 0 and ours["rejected_replays"] == 0
+    # The naive port refreshes once per request that saw the expired token.
+    assert sum(naive["refresh_calls"]) >= 1
+
+
+def test_background_refreshes_each_token_once(output: str) -> None:
+    background = records(output, "background")
+    if "skipped" in background[0]:
+        pytest.skip(background[0]["skipped"])
+    assert all(r["all_refreshed_once"] for r in background)
+    assert {r["concurrency"] for r in background} == {1, 8, 32}
