@@ -36,7 +36,7 @@ from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
@@ -330,8 +330,23 @@ def _load_state(token: SocialToken) -> TokenState:
 
 
 def _reload(token: SocialToken) -> TokenState:
-    token.refresh_from_db(fields=["token", "token_secret", "expires_at"])
-    return _load_state(token)
+    """Read the token's values and its state again, in one query."""
+    fresh = (
+        SocialToken.objects.using(token._state.db)
+        .select_related("rotation_state")
+        .only("token", "token_secret", "expires_at", "rotation_state")
+        .get(pk=token.pk)
+    )
+    token.token, token.token_secret, token.expires_at = (
+        fresh.token,
+        fresh.token_secret,
+        fresh.expires_at,
+    )
+    state = _cached_state(fresh)
+    if state is None:
+        return _load_state(token)
+    token.rotation_state = state
+    return state
 
 
 def refused(token: SocialToken, state: TokenState | None) -> bool:
@@ -361,12 +376,15 @@ class _Refresh:
     """One caller's attempt to get ``token`` refreshed."""
 
     POLL_FIRST = 0.02
-    POLL_MAX = 0.25
+    POLL_MAX = 0.1
 
     def __init__(self, token: SocialToken, *, force: bool) -> None:
         self.token = token
         self.force = force
         self.replay = False
+        self.lease_id = ""
+        # Set when the lease was released along with the stored outcome.
+        self.released = False
         # What the caller saw: a change of either means someone refreshed.
         self.seen_access = token.token
 
@@ -406,6 +424,12 @@ class _Refresh:
         if not lock.acquire(timeout=wait):
             raise self._gave_up()
         try:
+            # The common case is a lone caller: claim at once, and read the token
+            # and its state only after winning (_refresh_holding re-checks).
+            if _cached_state(token) is not None:
+                lease = self._claim()
+                if lease is not None:
+                    return self._refresh_holding(lease)
             poll = self.POLL_FIRST
             while True:
                 state = _reload(token)
@@ -418,7 +442,7 @@ class _Refresh:
                 if time.monotonic() + poll > deadline:
                     raise self._gave_up()
                 time.sleep(poll)
-                poll = min(poll * 1.5, self.POLL_MAX)
+                poll = min(poll * 1.3, self.POLL_MAX)
         finally:
             lock.release()
 
@@ -445,13 +469,16 @@ class _Refresh:
         return lease_id if claimed else None
 
     def _release(self, lease_id: str) -> None:
-        TokenState.objects.filter(pk=self.token.pk, lease_id=lease_id).update(
+        if self.released:
+            return
+        _states(self.token).filter(pk=self.token.pk, lease_id=lease_id).update(
             lease_id="", lease_expires_at=None
         )
 
     @method_decorator(sensitive_variables())
     def _refresh_holding(self, lease_id: str) -> SocialToken:
         token = self.token
+        self.lease_id = lease_id
         try:
             # Re-read after winning: another worker may have finished between
             # our last look and our claim.
@@ -556,19 +583,29 @@ class _Refresh:
                     )
                 )
                 if written:
+                    outcome: dict[str, Any] = {
+                        "last_refreshed_at": now,
+                        "last_attempt_at": now,
+                        "refresh_expires_at": refresh_expires_at,
+                        "consecutive_failures": 0,
+                        "last_error": "",
+                        "next_retry_at": None,
+                        "needs_reauth": False,
+                        "failed_fingerprint": "",
+                        "inflight_fingerprint": "",
+                        "inflight_since": None,
+                    }
+                    ours = Q(lease_id=self.lease_id)
                     _states(token).filter(pk=token.pk).update(
+                        **outcome,
                         refresh_count=F("refresh_count") + 1,
-                        last_refreshed_at=now,
-                        last_attempt_at=now,
-                        refresh_expires_at=refresh_expires_at,
-                        consecutive_failures=0,
-                        last_error="",
-                        next_retry_at=None,
-                        needs_reauth=False,
-                        failed_fingerprint="",
-                        inflight_fingerprint="",
-                        inflight_since=None,
+                        # The lease goes in the same statement (if it is still ours).
+                        lease_id=Case(When(ours, then=Value("")), default=F("lease_id")),
+                        lease_expires_at=Case(
+                            When(ours, then=Value(None)), default=F("lease_expires_at")
+                        ),
                     )
+                    self.released = True
                     if claims is not None:
                         _store_claims(token, claims)
                     _send_on_commit(
@@ -592,7 +629,21 @@ class _Refresh:
                 provider=_provider_key(token),
                 token_id=token.pk,
             ) from None
-        _reload(token)
+        if written:
+            # What was just written, without reading it back.
+            token.token, token.token_secret, token.expires_at = (
+                answer.access_token,
+                new_secret,
+                expires_at,
+            )
+            state = _cached_state(token)
+            if state is not None:
+                for name, value in outcome.items():
+                    setattr(state, name, value)
+                state.refresh_count += 1
+                state.lease_id, state.lease_expires_at = "", None
+        else:
+            _reload(token)
         if written:
             logger.info(
                 "Refreshed token %s of provider %s in %.0f ms (%s).",

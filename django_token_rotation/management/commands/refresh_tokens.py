@@ -10,10 +10,11 @@ permanently (its user must sign in again), 2 when the command could not run.
 from __future__ import annotations
 
 import datetime
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +103,13 @@ class Command(BaseCommand):
         codes: dict[str, Counter[str]] = {outcome: Counter() for outcome in OUTCOMES}
         started = time.monotonic()
 
+        record_lock = threading.Lock()  # worker threads and the main thread record
+
         def record(result: Result) -> None:
+            with record_lock:
+                _record(result)
+
+        def _record(result: Result) -> None:
             counts[result.outcome] += 1
             if result.code:
                 codes.setdefault(result.outcome, Counter())[result.code] += 1
@@ -267,26 +274,36 @@ class Command(BaseCommand):
     def _run_threads(
         self, tokens: Iterator[SocialToken], concurrency: int, record: Callable[[Result], None]
     ) -> None:
-        def task(pk: int) -> Result:
+        """Refresh with ``concurrency`` worker threads. Each keeps its database
+        connection for its whole life (not one connection per token) and closes
+        it when the work is done."""
+        work: queue.Queue[int | None] = queue.Queue(maxsize=2 * concurrency)
+
+        def worker() -> None:
             try:
-                return self._refresh(pk)
+                while (pk := work.get()) is not None:
+                    try:
+                        result = self._refresh(pk)
+                    except BaseException as exc:  # reported by type only
+                        result = Result(pk, ERROR, type(exc).__name__)
+                    record(result)
             finally:
-                # Each worker thread has its own connections: don't leak them.
-                connections.close_all()
+                connections.close_all()  # this thread's connections
 
-        def done(future: Future[Result]) -> None:
-            record(future.result())
-
-        in_flight: set[Future[Result]] = set()
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="refresh") as pool:
+        threads = [
+            threading.Thread(target=worker, name=f"refresh-{n}", daemon=True)
+            for n in range(concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
             for token in tokens:
-                if len(in_flight) >= 2 * concurrency:
-                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        done(future)
-                in_flight.add(pool.submit(task, token.pk))
-            for future in in_flight:
-                done(future)  # result() waits
+                work.put(token.pk)
+        finally:
+            for _ in threads:
+                work.put(None)
+            for thread in threads:
+                thread.join()
 
     # -- output -------------------------------------------------------------
 
