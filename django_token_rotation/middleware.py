@@ -9,7 +9,6 @@ only refresh path.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -106,27 +105,21 @@ def recheck(request: HttpRequest) -> dict[str, Any] | None:
         logger.warning("Could not check the tokens of user %s (%s).", user.pk, exc.code)
         return token_session.summary(request)
     check_at = now + app_settings.SESSION_RECHECK
-    tokens: dict[str, dict[str, Any]] = {}
+    expiries: list[float] = []
     error: dict[str, Any] | None = None
     for check in checks:
-        tokens[check.provider] = {
-            "id": check.token_id,
-            "expires_at": _timestamp(check.expires_at),
-        }
+        if check.expires_at is not None:
+            expiries.append(check.expires_at.timestamp())
         if check.next_check is not None:
             check_at = min(check_at, check.next_check.timestamp())
         if check.error is not None and error is None:
             error = {"provider": check.provider, "code": check.error.code}
             error.update(_signin(request, check.token_id))
-    summary: dict[str, Any] = {"user": str(user.pk), "check_at": check_at, "tokens": tokens}
-    if error is not None:
-        summary["error"] = error
+    summary = token_session.build(
+        str(user.pk), check_at, min(expiries) if expiries else None, error
+    )
     token_session.store(request, summary)
     return summary
-
-
-def _timestamp(value: datetime.datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
 
 
 def _signin(request: HttpRequest, token_id: int) -> dict[str, str]:

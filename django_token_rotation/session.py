@@ -2,14 +2,15 @@
 
 The middleware keeps a small summary of the signed-in user's tokens in the
 session, so that the common request (every token fresh) is answered from the
-session alone, without a database query::
+session alone, without a database query. It is kept short, since with
+cookie-based sessions it travels with every request::
 
     {
-        "user": "42",                  # the session's auth user id
-        "check_at": 1764241234.5,      # next time the database must be looked at
-        "tokens": {"google": {"id": 7, "expires_at": 1764241294.5}},
-        "error": {"provider": "google", "code": "invalid_grant",
-                  "login_url": "/accounts/google/login/"},
+        "u": "42",            # the session's auth user id
+        "c": 1764241234,      # when the database must be looked at next (epoch s)
+        "x": 1764241294,      # the earliest expiry of the user's access tokens
+        "e": {"provider": "google", "code": "invalid_grant",   # only after a
+              "login_url": "/accounts/google/login/", ...},    # permanent failure
     }
 
 No token value is ever stored here.
@@ -77,11 +78,29 @@ async def asummary(request: HttpRequest) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"
+
+
+def build(
+    user_id: str,
+    check_at: float,
+    expires_at: float | None,
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A summary (whole seconds: checking up to a second early is harmless)."""
+    value: dict[str, Any] = {USER: user_id, CHECK_AT: int(check_at)}
+    if expires_at is not None:
+        value[EXPIRES_AT] = int(expires_at)
+    if error is not None:
+        value[ERROR] = error
+    return value
+
+
 def is_current(value: dict[str, Any] | None, user_id: str | None, now: float) -> bool:
     """Whether the summary can be trusted for this request without the database."""
-    if value is None or user_id is None or value.get("user") != user_id:
+    if value is None or user_id is None or value.get(USER) != user_id:
         return False
-    check_at = value.get("check_at")
+    check_at = value.get(CHECK_AT)
     return isinstance(check_at, (int, float)) and now < check_at
 
 
@@ -97,19 +116,17 @@ def clear(request: HttpRequest) -> None:
 
 
 def error_of(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    error = value.get("error") if value else None
+    error = value.get(ERROR) if value else None
     return error if isinstance(error, dict) else None
 
 
 def token_session(value: dict[str, Any] | None) -> TokenSession:
     """The template-facing view of a summary."""
-    expiries: list[float] = [
-        entry["expires_at"]
-        for entry in (value or {}).get("tokens", {}).values()
-        if isinstance(entry, dict) and isinstance(entry.get("expires_at"), (int, float))
-    ]
+    expiry = (value or {}).get(EXPIRES_AT)
     expires_at = (
-        datetime.datetime.fromtimestamp(min(expiries), tz=datetime.UTC) if expiries else None
+        datetime.datetime.fromtimestamp(expiry, tz=datetime.UTC)
+        if isinstance(expiry, (int, float))
+        else None
     )
     error = error_of(value)
     if error is None:
@@ -126,6 +143,6 @@ def token_session(value: dict[str, Any] | None) -> TokenSession:
 def for_request(request: HttpRequest) -> TokenSession:
     """The ``TokenSession`` of this request (empty for anonymous users)."""
     value = summary(request)
-    if value is None or value.get("user") != auth_user_id(request):
+    if value is None or value.get(USER) != auth_user_id(request):
         return TokenSession()
     return token_session(value)

@@ -34,14 +34,7 @@ def request_with(summary: dict[str, Any] | None, *, user_id: str = "1") -> Any:
 
 
 def summary(error: dict[str, Any] | None = None, user: str = "1") -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "user": user,
-        "check_at": time.time() + 60,
-        "tokens": {"google": {"id": 3, "expires_at": 1_900_000_000.0}},
-    }
-    if error:
-        value["error"] = error
-    return value
+    return token_session.build(user, time.time() + 60, 1_900_000_000, error)
 
 
 def render(source: str, request: Any) -> str:

@@ -27,7 +27,7 @@ def _state(context: template.Context) -> dict[str, Any]:
     if request is None:
         return {"show": False}
     summary = session.summary(request)
-    if summary is None or summary.get("user") != session.auth_user_id(request):
+    if summary is None or summary.get(session.USER) != session.auth_user_id(request):
         return {"show": False}
     error = session.error_of(summary)
     if error is None:
