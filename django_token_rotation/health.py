@@ -17,7 +17,6 @@ from django.utils.translation import gettext_lazy as _
 
 from . import rotation
 from .conf import app_settings
-from .models import TokenState
 
 
 class Status(models.TextChoices):
@@ -29,12 +28,7 @@ class Status(models.TextChoices):
     FRESH = "fresh", _("fresh")
 
 
-def state_of(token: SocialToken) -> TokenState | None:
-    """The token's ``TokenState`` if it has one (no query when it was selected)."""
-    try:
-        return token.rotation_state  # type: ignore[no-any-return]
-    except TokenState.DoesNotExist:
-        return None
+state_of = rotation.state_of
 
 
 def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:

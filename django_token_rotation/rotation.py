@@ -160,12 +160,17 @@ def find_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str) -> S
     """
     if user is None or not getattr(user, "is_authenticated", False):
         return None
-    return (
-        SocialToken.objects.filter(account__user=user, account__provider=provider)
+    return _newest_first(account__user=user, account__provider=provider).first()
+
+
+def _newest_first(**lookups: Any) -> QuerySet[SocialToken]:
+    """Tokens with what the engine reads, the one that expires last (the newest) first."""
+    tokens: QuerySet[SocialToken] = (
+        SocialToken.objects.filter(**lookups)
         .select_related("account", "app", "rotation_state")
         .order_by(F("expires_at").desc(nulls_last=True), "-pk")
-        .first()
     )
+    return tokens
 
 
 @contained
@@ -190,7 +195,7 @@ def get_access_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str
 @sensitive_variables()
 def access_token_for(token: SocialToken) -> str:
     """:func:`get_access_token` for a ``SocialToken`` already in hand."""
-    state = _cached_state(token)
+    state = state_of(token)
     if state is None and token.expires_at is None and app_settings.DEFAULT_LIFETIME:
         # The default lifetime counts from when we first saw the token.
         state = _load_state(token)
@@ -230,12 +235,7 @@ def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) ->
     newest), or only those of ``providers``. Tokens of providers that cannot
     be refreshed are left out. This is the request layer's one entry point.
     """
-    tokens = (
-        SocialToken.objects.filter(account__user_id=user_id)
-        .exclude(token_secret="")
-        .select_related("account", "app", "rotation_state")
-        .order_by(F("expires_at").desc(nulls_last=True), "-pk")
-    )
+    tokens = _newest_first(account__user_id=user_id).exclude(token_secret="")
     seen: set[str] = set()
     checks = []
     for token in tokens:
@@ -251,7 +251,7 @@ def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) ->
 
 def _check(token: SocialToken) -> TokenCheck | None:
     provider = _provider_key(token)
-    state = _cached_state(token)
+    state = state_of(token)
     error = unavailable = None
     if needs_refresh(token, state):
         try:
@@ -262,7 +262,7 @@ def _check(token: SocialToken) -> TokenCheck | None:
             error = exc
         except TokenRefreshUnavailable as exc:
             unavailable = exc
-        state = _cached_state(token)
+        state = state_of(token)
     expires = expiry(token, state)
     next_check: datetime.datetime | None = None
     if error is None and expires is not None:
@@ -311,7 +311,8 @@ def _process_lock(token: SocialToken) -> threading.Lock:
         return lock
 
 
-def _cached_state(token: SocialToken) -> TokenState | None:
+def state_of(token: SocialToken) -> TokenState | None:
+    """The token's ``TokenState`` if it has one (no query when it was selected)."""
     try:
         return token.rotation_state  # type: ignore[no-any-return]
     except TokenState.DoesNotExist:
@@ -342,7 +343,7 @@ def _reload(token: SocialToken) -> TokenState:
         fresh.token_secret,
         fresh.expires_at,
     )
-    state = _cached_state(fresh)
+    state = state_of(fresh)
     if state is None:
         return _load_state(token)
     token.rotation_state = state
@@ -426,7 +427,7 @@ class _Refresh:
         try:
             # The common case is a lone caller: claim at once, and read the token
             # and its state only after winning (_refresh_holding re-checks).
-            if _cached_state(token) is not None:
+            if state_of(token) is not None:
                 lease = self._claim()
                 if lease is not None:
                     return self._refresh_holding(lease)
@@ -636,7 +637,7 @@ class _Refresh:
                 new_secret,
                 expires_at,
             )
-            state = _cached_state(token)
+            state = state_of(token)
             if state is not None:
                 for name, value in outcome.items():
                     setattr(state, name, value)
