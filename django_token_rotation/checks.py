@@ -9,6 +9,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
 MIDDLEWARE_PATH = "django_token_rotation.middleware.TokenRefreshMiddleware"
@@ -188,6 +189,25 @@ def check_offline_access(app_configs: Any = None, **kwargs: Any) -> list[checks.
     return problems
 
 
+def _database_apps(model: Any, databases: Sequence[str]) -> list[Any]:
+    """The rows of ``model`` in each database, or none where its table is not there yet.
+
+    ``migrate`` runs the database checks before it creates any table, and
+    ``check --database`` may meet an empty or unreachable database: a check
+    reports problems, it never stops a command.
+    """
+    rows: list[Any] = []
+    for alias in databases:
+        try:
+            connection = connections[alias]
+            if model._meta.db_table not in connection.introspection.table_names():
+                continue
+            rows.extend(model._default_manager.using(alias).all())
+        except DatabaseError:
+            continue
+    return rows
+
+
 @checks.register(checks.Tags.database)
 def check_offline_access_database_apps(
     app_configs: Any = None, databases: Sequence[str] | None = None, **kwargs: Any
@@ -198,7 +218,7 @@ def check_offline_access_database_apps(
 
     providers = getattr(settings, "SOCIALACCOUNT_PROVIDERS", {}) or {}
     problems: list[checks.CheckMessage] = []
-    for app in SocialApp.objects.all():
+    for app in _database_apps(SocialApp, databases):
         config = providers.get(app.provider, {}) if isinstance(providers, dict) else {}
         scope = app.settings.get("scope", config.get("SCOPE"))
         if scope is None and app.provider == "openid_connect":
