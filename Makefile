@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint clean
+.PHONY: test demo lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,9 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy django_token_rotation tests benchmarks
 
+docs: $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) docs/_build .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -118,7 +118,9 @@ def _check_settings() -> list[checks.CheckMessage]:
         except ImproperlyConfigured as exc:
             errors.append(
                 checks.Error(
-                    str(exc), hint="See the README's settings reference.", id="token_rotation.E005"
+                    str(exc),
+                    hint="See the settings reference (docs/settings.rst).",
+                    id="token_rotation.E005",
                 )
             )
     try:

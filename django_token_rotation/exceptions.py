@@ -56,9 +56,7 @@ class TokenRotationError(Exception):
 class ReauthenticationRequired(TokenRotationError):
     """The user must sign in again: there is no usable token or the provider refused it.
 
-    Codes: ``no_token``, ``no_refresh_token``, ``invalid_grant``,
-    ``invalid_client``, ``unauthorized_client``, ``invalid_scope``,
-    ``unsupported_grant_type``, ``invalid_request``, ``unsupported_provider``.
+    Its codes are the permanent ones of :data:`ERROR_CODES`.
     """
 
     permanent = True
@@ -76,11 +74,8 @@ class ProviderNotRefreshable(ReauthenticationRequired):
 class TokenRefreshUnavailable(TokenRotationError):
     """The provider is temporarily unavailable; try again later.
 
-    Codes: ``timeout``, ``connection_error``, ``server_error``,
-    ``rate_limited``, ``temporarily_unavailable``, ``malformed_response``,
-    ``unexpected_response``, ``refresh_in_progress``, ``backoff``,
-    ``discovery_failed``, ``database_error``. ``retry_at`` says when the next
-    attempt will be made, when known.
+    Its codes are the transient ones of :data:`ERROR_CODES`. ``retry_at`` says
+    when the next attempt will be made, when known.
     """
 
     permanent = False
@@ -103,6 +98,49 @@ class ImproperlyConfiguredProvider(ProviderNotRefreshable):
     """The provider or its app cannot be resolved through allauth."""
 
     default_code = "provider_not_configured"
+
+
+#: THE table of error codes (``exc.code``, the admin's "last error", log lines):
+#: code -> (permanent, what it means). A permanent code is raised as
+#: :class:`ReauthenticationRequired` (the user must sign in again), a transient one
+#: as :class:`TokenRefreshUnavailable`. docs/errors.rst lists the same codes
+#: (tests/test_docs.py keeps the two, and the codes the package raises, in step).
+ERROR_CODES: dict[str, tuple[bool, str]] = {
+    # -- sign in again ------------------------------------------------------
+    "no_token": (True, "the user has no stored token for this provider"),
+    "no_refresh_token": (True, "the stored token has no refresh token"),
+    "invalid_grant": (True, "the provider refused the refresh token (revoked, expired, reused)"),
+    "invalid_client": (True, "the provider refused the client id or secret"),
+    "unauthorized_client": (True, "the client may not use the refresh-token grant"),
+    "invalid_scope": (True, "the provider refused the requested scope"),
+    "unsupported_grant_type": (True, "the provider does not support refresh tokens"),
+    "invalid_request": (True, "the provider called the request malformed"),
+    "lost_rotation": (
+        True,
+        "the provider rotated the refresh token but its answer was never stored",
+    ),
+    "id_token_invalid": (True, "a refreshed OpenID Connect ID token failed validation"),
+    "unsupported_provider": (True, "this provider's tokens cannot be refreshed by this app"),
+    "provider_not_configured": (True, "the provider or its app cannot be resolved via allauth"),
+    "insecure_endpoint": (True, "the provider's endpoint is not HTTPS (nor loopback)"),
+    "reauthentication_required": (True, "the user must sign in again (no detail known)"),
+    # -- try later ------------------------------------------------------------
+    "timeout": (False, "the provider did not answer in time"),
+    "connection_error": (False, "the provider could not be reached"),
+    "server_error": (False, "the provider answered HTTP 5xx or server_error"),
+    "rate_limited": (False, "HTTP 429 or slow_down: the provider asks to wait"),
+    "temporarily_unavailable": (False, "the provider said temporarily_unavailable"),
+    "malformed_response": (False, "the answer was not a usable token response"),
+    "unsupported_token_type": (False, "the provider sent a token that is not a Bearer token"),
+    "unexpected_response": (False, "a redirect or another unexpected answer"),
+    "discovery_failed": (False, "the OpenID Connect discovery document could not be read"),
+    "jwks_unavailable": (False, "the provider's signing keys (JWKS) could not be fetched"),
+    "refresh_in_progress": (False, "another worker is refreshing and did not finish in time"),
+    "backoff": (False, "an earlier attempt failed; waiting before the next one"),
+    "database_error": (False, "the database failed while the refresh was stored"),
+    "internal_error": (False, "an unexpected error (a bug); logged by type and place"),
+    "unavailable": (False, "the provider is unavailable (no detail known)"),
+}
 
 
 P = ParamSpec("P")

@@ -1,0 +1,102 @@
+"""The manual lists what the code defines: error codes and settings, from one place each."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from django_token_rotation import exceptions
+from django_token_rotation.conf import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "django_token_rotation"
+DOCS = ROOT / "docs"
+
+
+def documented_codes() -> set[str]:
+    """The first column of the code tables in docs/errors.rst."""
+    text = (DOCS / "errors.rst").read_text()
+    return set(re.findall(r"^   \* - ``([a-z_]+)``$", text, re.M))
+
+
+def test_errors_page_lists_exactly_the_codes_of_the_table() -> None:
+    assert documented_codes() == set(exceptions.ERROR_CODES)
+
+
+def test_errors_page_puts_each_code_in_its_family() -> None:
+    text = (DOCS / "errors.rst").read_text()
+    permanent, transient = text.split("``TokenRefreshUnavailable``: try again later", 1)
+    for code, (is_permanent, _) in exceptions.ERROR_CODES.items():
+        assert f"* - ``{code}``" in (permanent if is_permanent else transient), code
+
+
+def raised_codes() -> set[str]:
+    """Every ``code="..."`` an exception of ours is built with, anywhere in the package,
+    and every ``default_code``."""
+    codes: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                if not (name.endswith(("Required", "Unavailable", "Refreshable", "Rejected"))):
+                    continue
+                for keyword in node.keywords:
+                    if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
+                        codes.add(str(keyword.value.value))
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "default_code" for t in node.targets
+            ):
+                assert isinstance(node.value, ast.Constant)
+                codes.add(str(node.value.value))
+    codes.discard("error")  # the abstract base class's
+    return codes
+
+
+def test_every_code_the_package_raises_is_in_the_table() -> None:
+    from django_token_rotation import client
+
+    raised = raised_codes() | client.PERMANENT_ERRORS | (client.TRANSIENT_ERRORS - {"slow_down"})
+    assert raised - set(exceptions.ERROR_CODES) == set()
+    assert "lost_rotation" in raised  # the scan sees codes raised outside exceptions.py
+
+
+def test_the_exceptions_agree_with_the_table() -> None:
+    assert exceptions.ERROR_CODES[exceptions.ReauthenticationRequired.default_code][0] is True
+    assert exceptions.ERROR_CODES[exceptions.TokenRefreshUnavailable.default_code][0] is False
+    for code in exceptions.ERROR_CODES:
+        assert re.fullmatch(r"[a-z_]+", code)
+
+
+def test_no_docstring_keeps_its_own_list_of_codes() -> None:
+    """The stale lists of the first release: codes are listed in ERROR_CODES only."""
+    for cls in (exceptions.ReauthenticationRequired, exceptions.TokenRefreshUnavailable):
+        assert "Codes:" not in (cls.__doc__ or "")
+
+
+def setting_names() -> set[str]:
+    return {name for name in vars(Settings) if name.isupper()}
+
+
+def test_settings_page_has_one_heading_per_setting() -> None:
+    text = (DOCS / "settings.rst").read_text()
+    lines = text.splitlines()
+    headings = [
+        line
+        for line, underline in zip(lines, lines[1:], strict=False)
+        if underline and set(underline) == {"-"} and len(underline) >= len(line)
+    ]
+    documented = [m.group(1) for h in headings if (m := re.match(r"``TOKEN_ROTATION_(\w+)", h))]
+    assert sorted(documented) == sorted(setting_names())
+    assert len(documented) == len(set(documented)), "a setting is documented twice"
+    for heading in headings:
+        assert re.fullmatch(r"``TOKEN_ROTATION_\w+: .+ = .+``", heading), heading
+
+
+def test_the_manual_has_every_page_of_the_toctree() -> None:
+    index = (DOCS / "index.rst").read_text()
+    pages = re.findall(r"^   ([a-z-]+)$", index, re.M)
+    assert "settings" in pages and "errors" in pages
+    for page in pages:
+        assert (DOCS / f"{page}.rst").exists(), page
