@@ -139,6 +139,61 @@ def _check_settings() -> list[checks.CheckMessage]:
     return errors
 
 
+# -- what a newcomer trips on and allauth does not report ------------------------
+
+REQUEST_PROCESSOR = "django.template.context_processors.request"
+
+
+@checks.register(checks.Tags.urls)
+def check_allauth_urls(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """allauth's views must be routed: the "sign in again" prompt links to them."""
+    if not apps.is_installed("allauth.account"):
+        return []  # E001 says what to install first
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("account_login")
+    except NoReverseMatch:
+        return [
+            checks.Warning(
+                "allauth's URLs are not routed (no URL named 'account_login'): users cannot "
+                "sign in with a provider, and the 'sign in again' prompt has nowhere to send them.",
+                hint='Add path("accounts/", include("allauth.urls")) to your ROOT_URLCONF.',
+                id="token_rotation.W008",
+            )
+        ]
+    except Exception:  # a broken URLconf is Django's own check to report
+        return []
+    return []
+
+
+@checks.register(checks.Tags.templates)
+def check_request_context_processor(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """The template tags read the request: the ``request`` context processor must be on."""
+    engines = [
+        engine
+        for engine in getattr(settings, "TEMPLATES", [])
+        if engine.get("BACKEND") == "django.template.backends.django.DjangoTemplates"
+    ]
+    if not engines:
+        return []
+    for engine in engines:
+        if REQUEST_PROCESSOR in engine.get("OPTIONS", {}).get("context_processors", []):
+            return []
+    return [
+        checks.Warning(
+            f"'{REQUEST_PROCESSOR}' is in no DjangoTemplates engine's context_processors: "
+            "{% reauth_prompt %}, {% reauth_redirect %} and {% token_rotation_error %} read the "
+            "request and render nothing without it.",
+            hint=f"Add '{REQUEST_PROCESSOR}' to TEMPLATES[...]['OPTIONS']['context_processors'] "
+            "(django-admin startproject puts it there).",
+            id="token_rotation.W009",
+        )
+    ]
+
+
 # -- refresh tokens must be asked for -------------------------------------------
 
 

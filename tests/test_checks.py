@@ -154,3 +154,51 @@ from django_token_rotation.middleware import TokenRefreshMiddleware  # noqa: E40
 
 class MyMiddleware(TokenRefreshMiddleware):
     pass
+
+
+# -- what a newcomer trips on ---------------------------------------------------
+
+
+def test_allauth_urls_are_routed() -> None:
+    assert checks.check_allauth_urls() == []
+
+
+def test_allauth_urls_not_routed(settings: Any) -> None:
+    settings.ROOT_URLCONF = "tests.urls_without_allauth"
+    [message] = checks.check_allauth_urls()
+    assert message.id == "token_rotation.W008"
+    assert 'include("allauth.urls")' in (message.hint or "")
+
+
+def test_the_request_context_processor_is_on() -> None:
+    assert checks.check_request_context_processor() == []
+
+
+def test_the_request_context_processor_is_missing(settings: Any) -> None:
+    engine = dict(settings.TEMPLATES[0])
+    processors = engine["OPTIONS"]["context_processors"]
+    engine["OPTIONS"] = {
+        **engine["OPTIONS"],
+        "context_processors": [p for p in processors if p != checks.REQUEST_PROCESSOR],
+    }
+    settings.TEMPLATES = [engine]
+    [message] = checks.check_request_context_processor()
+    assert message.id == "token_rotation.W009"
+    assert checks.REQUEST_PROCESSOR in (message.hint or "")
+
+
+def test_no_django_templates_engine_no_warning(settings: Any) -> None:
+    settings.TEMPLATES = []
+    assert checks.check_request_context_processor() == []
+
+
+def test_check_command_reports_the_unrouted_urls(settings: Any) -> None:
+    from django.core.management.base import SystemCheckError
+
+    settings.ROOT_URLCONF = "tests.urls_without_allauth"
+    out = StringIO()
+    # Warnings do not fail the command: it prints them.
+    call_command("check", "--tag", "urls", stdout=out, stderr=out)
+    assert "token_rotation.W008" in out.getvalue()
+    with pytest.raises(SystemCheckError, match="token_rotation.W008"):
+        call_command("check", "--tag", "urls", "--fail-level", "WARNING", stdout=StringIO())

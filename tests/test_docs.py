@@ -100,3 +100,11 @@ def test_the_manual_has_every_page_of_the_toctree() -> None:
     assert "settings" in pages and "errors" in pages
     for page in pages:
         assert (DOCS / f"{page}.rst").exists(), page
+
+
+def test_the_system_checks_table_lists_every_check_id() -> None:
+    source = (PACKAGE / "checks.py").read_text()
+    defined = set(re.findall(r'id="(token_rotation\.[EW]\d{3})"', source))
+    text = (DOCS / "installation.rst").read_text()
+    documented = set(re.findall(r"^   \* - ``(token_rotation\.[EW]\d{3})``$", text, re.M))
+    assert documented == defined

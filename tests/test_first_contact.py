@@ -70,8 +70,11 @@ def manage(project: Path, *args: str, check: bool = True, timeout: float = 180) 
     return output
 
 
-def start_project(where: Path, database: dict[str, Any] | None = None) -> Path:
-    """``django-admin startproject mysite``, then the README's Installation and Quick start."""
+def start_project(
+    where: Path, database: dict[str, Any] | None = None, *, skip: tuple[str, ...] = ()
+) -> Path:
+    """``django-admin startproject mysite``, then the README's Installation and Quick start
+    (but the blocks named in ``skip``)."""
     project = where / "site"
     project.mkdir()
     subprocess.run(
@@ -85,7 +88,10 @@ def start_project(where: Path, database: dict[str, Any] | None = None) -> Path:
     settings_py = package / "settings.py"
     settings_py.write_text(settings_py.read_text() + "\n" + blocks["settings.py"])
     urls_py = package / "urls.py"
-    urls_py.write_text(urls_py.read_text() + "\n" + blocks["urls.py"])
+    if "urls.py" not in skip:
+        urls_py.write_text(urls_py.read_text() + "\n" + blocks["urls.py"])
+    else:
+        urls_py.write_text(urls_py.read_text().replace("import path", "import include, path"))
     templates = package / "templates"
     templates.mkdir()
     for name, code in blocks.items():
@@ -196,6 +202,13 @@ def test_check_on_an_unreachable_database_does_not_crash(tmp_path: Path) -> None
     project = start_project(tmp_path, database=pg)
     out = manage(project, "check", "--database", "default", check=False)
     assert "Traceback" not in out, out
+
+
+def test_check_tells_a_newcomer_who_forgot_allauths_urls(tmp_path: Path) -> None:
+    project = start_project(tmp_path, skip=("urls.py",))
+    out = manage(project, "check")
+    assert "token_rotation.W008" in out, out
+    assert 'include("allauth.urls")' in out
 
 
 # -- a real server and a signed-in request ----------------------------------------
