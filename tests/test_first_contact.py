@@ -5,6 +5,10 @@ blocks (``<!-- first-contact: FILE -->``) written into it as they are, then
 ``manage.py migrate``, ``check``, ``shell`` and ``runserver`` as subprocesses:
 no pytest-django database, no ``call_command``, so the system checks run as
 they do for users (the first release crashed ``migrate`` on every new project).
+
+``TOKEN_ROTATION_TEST_PYTHON`` runs the project with another interpreter: CI
+points it at a clean virtualenv where the built wheel is installed (not
+editable), so the same tests are the wheel's smoke test.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ README = ROOT / "README.md"
 
 #: ``<!-- first-contact: NAME -->`` then a fenced code block.
 BLOCK = re.compile(r"<!-- first-contact: (?P<name>\S+) -->\n```\w*\n(?P<code>.*?)\n```", re.S)
+
+#: The interpreter of the new project (see the module docstring).
+PYTHON = os.environ.get("TOKEN_ROTATION_TEST_PYTHON") or sys.executable
 
 ENV = {
     "GOOGLE_CLIENT_ID": "first-contact-client",
@@ -57,7 +64,7 @@ def subprocess_env() -> dict[str, str]:
 def manage(project: Path, *args: str, check: bool = True, timeout: float = 180) -> str:
     """``python manage.py ARGS`` in the project; its output (stdout and stderr)."""
     result = subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [PYTHON, "manage.py", *args],
         cwd=project,
         env=subprocess_env(),
         capture_output=True,
@@ -78,7 +85,7 @@ def start_project(
     project = where / "site"
     project.mkdir()
     subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
+        [PYTHON, "-m", "django", "startproject", "mysite", str(project)],
         check=True,
         env=subprocess_env(),
         timeout=60,
@@ -178,6 +185,18 @@ def migrate_and_check(project: Path) -> None:
     assert "no issues" in out, out
 
 
+def test_the_project_imports_the_installed_package(tmp_path: Path) -> None:
+    """Not the checkout: the project's folder is all that is on its path."""
+    project = start_project(tmp_path)
+    out = manage(project, "shell", "-c", "import django_token_rotation as m; print(m.__file__)")
+    location = Path(out.strip().splitlines()[-1]).resolve()
+    if PYTHON != sys.executable:  # the wheel in a clean venv
+        assert "site-packages" in location.parts, location
+        assert ROOT not in location.parents, location
+    templates = location.parent / "templates" / "token_rotation" / "reauth_prompt.html"
+    assert templates.exists(), "the templates are not installed"
+
+
 def test_migrate_and_check_on_an_empty_sqlite_file(tmp_path: Path) -> None:
     project = start_project(tmp_path)
     assert not (project / "db.sqlite3").exists()
@@ -274,7 +293,7 @@ def serve_and_sign_in(project: Path) -> None:
     [session_key] = re.findall(r"SESSION=(\w+)", manage(project, "shell", "-c", SIGN_IN))
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        [PYTHON, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
         cwd=project,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
