@@ -190,7 +190,7 @@ def test_the_project_imports_the_installed_package(tmp_path: Path) -> None:
     project = start_project(tmp_path)
     out = manage(project, "shell", "-c", "import django_token_rotation as m; print(m.__file__)")
     location = Path(out.strip().splitlines()[-1]).resolve()
-    if PYTHON != sys.executable:  # the wheel in a clean venv
+    if sys.executable != PYTHON:  # the wheel in a clean venv
         assert "site-packages" in location.parts, location
         assert ROOT not in location.parents, location
     templates = location.parent / "templates" / "token_rotation" / "reauth_prompt.html"
