@@ -76,12 +76,23 @@ def relative(when: datetime.datetime | None, now: datetime.datetime | None = Non
     return f"in {amount}" if seconds >= 0 else f"{amount} ago"
 
 
+def absolute(value: datetime.datetime) -> str:
+    """The one date format of these pages: ``2026-11-27 10:48:03 UTC``."""
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S %Z}"
+
+
 def when(value: datetime.datetime | None) -> str:
-    """A date with its relative form: ``2026-11-27 10:48 UTC (in 4 min)``."""
+    """A date with its relative form: ``2026-11-27 10:48:03 UTC (in 4 min)``."""
     if value is None:
         return EMPTY
-    local = timezone.localtime(value)
-    return f"{local:%Y-%m-%d %H:%M %Z} ({relative(value)})"
+    return f"{absolute(value)} ({relative(value)})"
+
+
+def when_short(value: datetime.datetime | None) -> SafeString | str:
+    """For list columns: ``in 4 min``, the full date in a tooltip (narrow columns)."""
+    if value is None:
+        return EMPTY
+    return format_html('<span title="{}">{}</span>', absolute(value), relative(value))
 
 
 STATUS_COLOURS = {
@@ -151,11 +162,31 @@ def _user_search_fields(prefix: str) -> list[str]:
 
 class RefreshEventInline(admin.TabularInline):  # type: ignore[type-arg]
     model = RefreshEvent
+    template = "admin/token_rotation/history_inline.html"
     verbose_name_plural = _("refresh history (newest first)")
-    fields = readonly_fields = ("at", "outcome", "error_code", "duration_ms", "rotated", "retry_at")
+    fields = readonly_fields = (
+        "at_display",
+        "outcome",
+        "error_code_display",
+        "duration_ms",
+        "rotated",
+        "retry_at_display",
+    )
     extra = 0
     can_delete = False
     show_change_link = False
+
+    @admin.display(description=_("time"))
+    def at_display(self, event: RefreshEvent) -> str:
+        return when(event.at)
+
+    @admin.display(description=_("error"))
+    def error_code_display(self, event: RefreshEvent) -> str:
+        return event.error_code or EMPTY
+
+    @admin.display(description=_("next retry"))
+    def retry_at_display(self, event: RefreshEvent) -> str:
+        return when(event.retry_at)
 
     @admin.display(description=_("duration"))
     def duration_ms(self, event: RefreshEvent) -> str:
@@ -189,7 +220,6 @@ STATE_FIELDS = (
     "refresh_count",
     "last_attempt_display",
     "consecutive_failures",
-    "last_error",
     "last_error_display",
     "next_retry_display",
     "refresh_expires_display",
@@ -198,15 +228,16 @@ STATE_FIELDS = (
 
 
 class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    # Narrow columns (times as "in 4 min", the date in a tooltip): the whole row
+    # fits a 1280 px screen beside the admin's two sidebars (tests/test_admin_browser.py).
+    # The refresh count and last refresh are on each token's page.
     list_display = (
         "user",
         "provider",
         "status_display",
-        "expires_display",
-        "last_refreshed_display",
-        "refresh_count",
+        "expires_column",
         "last_error",
-        "refresh_expires_display",
+        "refresh_expires_column",
     )
     list_display_links = ("user",)
     list_filter = (ProviderFilter, StatusFilter)
@@ -268,10 +299,28 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         expires = rotation.expiry(token, _state(token))
         return when(expires) if expires else str(_("unknown"))
 
+    @admin.display(description=_("expires"), ordering="expires_at")
+    def expires_column(self, token: SocialToken) -> SafeString | str:
+        expires = rotation.expiry(token, _state(token))
+        return when_short(expires) if expires else str(_("unknown"))
+
     @admin.display(description=_("last refreshed"), ordering="rotation_state__last_refreshed_at")
     def last_refreshed_display(self, token: SocialToken) -> str:
         state = _state(token)
         return when(state.last_refreshed_at if state else None)
+
+    @admin.display(description=_("refresh token"), ordering="rotation_state__refresh_expires_at")
+    def refresh_expires_column(self, token: SocialToken) -> SafeString | str:
+        """When the refresh token expires (known when the provider says)."""
+        state = _state(token)
+        if state is None or state.refresh_expires_at is None:
+            return EMPTY
+        return format_html(
+            '<span title="{}">{} {}</span>',
+            absolute(state.refresh_expires_at),
+            _("expires") if state.refresh_expires_at > timezone.now() else _("expired"),
+            relative(state.refresh_expires_at),
+        )
 
     @admin.display(description=_("refreshes"), ordering="rotation_state__refresh_count")
     def refresh_count(self, token: SocialToken) -> int:
@@ -306,10 +355,15 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         state = _state(token)
         return state.consecutive_failures if state else 0
 
-    @admin.display(description=_("last error at"))
+    @admin.display(description=_("last error"))
     def last_error_display(self, token: SocialToken) -> str:
+        """The code and its time together: no time without an error."""
         state = _state(token)
-        return when(state.last_error_at if state else None)
+        if state is None or not state.last_error:
+            return EMPTY
+        if state.last_error_at is None:
+            return state.last_error
+        return f"{state.last_error}, {when(state.last_error_at)}"
 
     @admin.display(description=_("next retry"))
     def next_retry_display(self, token: SocialToken) -> str:
@@ -440,7 +494,7 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
-        "at",
+        "at_display",
         "token_link",
         "user",
         "provider",
@@ -465,6 +519,10 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    @admin.display(description=_("time"), ordering="at")
+    def at_display(self, event: RefreshEvent) -> str:
+        return when(event.at)
+
     @admin.display(description=_("token"), ordering="token")
     def token_link(self, event: RefreshEvent) -> SafeString:
         url = reverse("admin:socialaccount_socialtoken_change", args=[event.token_id])
@@ -482,6 +540,13 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def duration_ms(self, event: RefreshEvent) -> str:
         return _duration(event.duration)
 
+
+# allauth calls the model "social application tokens", which an operator looking
+# for the OAuth tokens does not find. Only the runtime names change: migrations
+# read the declared Meta (``_meta.original_attrs``), so no migration of allauth's
+# app appears.
+SocialToken._meta.verbose_name = _("OAuth token")
+SocialToken._meta.verbose_name_plural = _("OAuth tokens")
 
 if admin.site.is_registered(SocialToken):
     admin.site.unregister(SocialToken)

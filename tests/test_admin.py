@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime
 import secrets
+from io import StringIO
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -450,3 +452,35 @@ def test_change_permission_allows_refresh_but_not_revoke(
         reverse("admin:socialaccount_socialtoken_change", args=[token.pk]), {"token": "x"}
     )
     assert change.status_code == 403
+
+
+def test_the_token_list_has_a_name_an_operator_finds(admin_client: Client) -> None:
+    body = admin_client.get("/admin/").content.decode()
+    assert "OAuth tokens" in body
+    assert "Social application tokens" not in body
+
+
+def test_renaming_allauths_model_makes_no_migration() -> None:
+    out = StringIO()
+    call_command("makemigrations", "socialaccount", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_token_page_error_and_history_are_readable(admin_client: Client, make_token: Any) -> None:
+    token = make_token(expires_in=-60)
+    now = timezone.now()
+    # A time without an error (a recovered failure) shows no error.
+    TokenState.objects.create(token=token, last_error="", last_error_at=now)
+    RefreshEvent.objects.create(
+        token=token, at=now, outcome=RefreshEvent.Outcome.FAILED_PERMANENT, error_code="x_code"
+    )
+    body = admin_client.get(f"/admin/socialaccount/socialtoken/{token.pk}/change/").content
+    text = body.decode()
+    assert f"of token {token.pk}" not in text  # no raw str() captions in the history
+    assert "failed, sign-in required" in text and "x_code" in text
+    assert f"{timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text  # seconds, one format
+    assert "last error at" not in text.lower()
+    TokenState.objects.filter(token=token).update(last_error="invalid_grant")
+    text = admin_client.get(f"/admin/socialaccount/socialtoken/{token.pk}/change/").content.decode()
+    assert f"invalid_grant, {timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text

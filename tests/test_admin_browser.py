@@ -96,9 +96,8 @@ def test_operator_sees_the_token_list(server: Any) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 600})
-            # The list without the admin's navigation sidebar, for the screenshot.
-            page.add_init_script("localStorage.setItem('django.admin.navSidebarIsOpen', 'false')")
+            # A 1280 px screen with the admin's navigation sidebar open (its default).
+            page = browser.new_page(viewport={"width": 1280, "height": 640})
             page.goto(f"{server.url}/admin/login/?next=/admin/socialaccount/socialtoken/")
             page.fill("#id_username", "operator")
             page.fill("#id_password", "operator-password")
@@ -106,12 +105,25 @@ def test_operator_sees_the_token_list(server: Any) -> None:
             page.wait_for_selector("#result_list")
             text = page.inner_text("#result_list")
             html = page.content()
+            # Every column is on screen: no horizontal scroll hides the last ones.
+            overflow = page.evaluate(
+                "() => { const r = document.querySelector('.results');"
+                " return r.scrollWidth - r.clientWidth; }"
+            )
+            rights = page.eval_on_selector_all(
+                "#result_list thead th", "ths => ths.map(th => th.getBoundingClientRect().right)"
+            )
+            headers = page.inner_text("#result_list thead")
             page.screenshot(path=str(shot))
             page.goto(f"{server.url}/admin/socialaccount/socialtoken/?status=sign_in_required")
             filtered = page.inner_text("#result_list")
         finally:
             browser.close()
 
+    assert overflow <= 0, f"the token list scrolls sideways by {overflow} px at 1280 px"
+    assert max(rights) <= 1280, rights
+    for header in ("STATUS", "EXPIRES", "LAST ERROR", "REFRESH TOKEN"):
+        assert header in headers.upper()
     for label in ("fresh", "expiring soon", "expired", "refresh failing (transient)"):
         assert label in text
     assert "sign-in required" in text and "no refresh token" in text
