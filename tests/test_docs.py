@@ -108,3 +108,14 @@ def test_the_system_checks_table_lists_every_check_id() -> None:
     text = (DOCS / "installation.rst").read_text()
     documented = set(re.findall(r"^   \* - ``(token_rotation\.[EW]\d{3})``$", text, re.M))
     assert documented == defined
+
+
+def test_the_manual_repeats_the_readmes_tested_setup_verbatim() -> None:
+    """The README's marked blocks run in tests/test_first_contact.py; the manual's copies
+    of them must be the same code."""
+    from tests.test_first_contact import readme_blocks
+
+    manual = (DOCS / "installation.rst").read_text() + (DOCS / "usage.rst").read_text()
+    for name, code in readme_blocks().items():
+        indented = "\n".join(("   " + line) if line else "" for line in code.rstrip().splitlines())
+        assert indented in manual, f"docs differ from the README's {name} block"
