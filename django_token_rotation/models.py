@@ -101,8 +101,10 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
         self._of(token_id).update(
             **values,
             refresh_count=F("refresh_count") + 1,
-            lease_id=Case(When(ours, then=Value("")), default=F("lease_id")),
+            # In this order: MySQL/MariaDB evaluate SET assignments left to right,
+            # each seeing the ones before it; ``lease_id`` must still be ours here.
             lease_expires_at=Case(When(ours, then=Value(None)), default=F("lease_expires_at")),
+            lease_id=Case(When(ours, then=Value("")), default=F("lease_id")),
         )
         return values
 

@@ -26,9 +26,10 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.db import DEFAULT_DB_ALIAS
 from django.views.decorators.debug import sensitive_variables
 
-from . import client, idtoken, providers, store
+from . import client, idtoken, providers, store, transactions
 from . import expiry as expiry_module
 from .conf import app_settings
 from .exceptions import (
@@ -178,7 +179,23 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
 
     Goes through the single-flight: if another thread, process or host is
     already refreshing this token, waits for it and returns its result.
+
+    Inside the caller's transaction the refresh is committed on a connection
+    of its own (see :mod:`.transactions`); where the database cannot do that
+    (SQLite), it raises ``TokenRefreshUnavailable("in_transaction")`` instead
+    of calling the provider.
     """
+    alias = token._state.db or DEFAULT_DB_ALIAS
+    if transactions.in_callers_transaction(alias):
+        if not transactions.can_write_beside(alias):
+            raise TokenRefreshUnavailable(
+                "The token cannot be refreshed inside a transaction on this database; "
+                "refresh it before the transaction starts (the middleware does).",
+                code="in_transaction",
+                provider=store.provider_key(token),
+                token_id=token.pk,
+            )
+        return transactions.outside(alias, lambda: Flight(token, force=force).run(_refresh_holding))
     return Flight(token, force=force).run(_refresh_holding)
 
 
@@ -200,6 +217,16 @@ def _refresh_holding(flight: Flight) -> SocialToken:
         sent = token.token_secret
         endpoint = providers.resolve(token)
         client.require_secure(endpoint.url, provider=endpoint.provider)
+        alias = token._state.db or DEFAULT_DB_ALIAS
+        if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
+            # An open transaction (perhaps the caller's own) holds the token's row:
+            # the answer could not be stored, so the refresh token is not sent.
+            raise TokenRefreshUnavailable(
+                "The token's row is locked by an open transaction; not refreshing now.",
+                code="in_transaction",
+                provider=store.provider_key(token),
+                token_id=token.pk,
+            )
         sent_fingerprint = fingerprint(sent)
         # An earlier attempt with this very refresh token never stored its
         # outcome (see TokenState.inflight_fingerprint).

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from allauth.socialaccount.models import SocialToken
+from django.db import DatabaseError
 
-from . import expiry, store
+from . import expiry, store, transactions
 from .conf import app_settings
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from .models import BACKOFF, NO_REFRESH_TOKEN, SIGN_IN_REQUIRED, TokenState, refresh_blocker
@@ -153,10 +154,18 @@ class Flight:
 
     def claim(self) -> bool:
         lease_id = uuid.uuid4().hex
-        if store.states(self.token).claim_lease(self.token.pk, lease_id, app_settings.LEASE):
+        try:
+            claimed = store.states(self.token).claim_lease(
+                self.token.pk, lease_id, app_settings.LEASE
+            )
+        except DatabaseError as exc:
+            # Someone else's open transaction holds the row: not ours to wait for.
+            if transactions.is_lock_timeout(exc):
+                return False
+            raise
+        if claimed:
             self.lease_id = lease_id
-            return True
-        return False
+        return claimed
 
     def release(self) -> None:
         if self.released or not self.lease_id:

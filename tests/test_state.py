@@ -96,3 +96,30 @@ def test_refresh_blocker(make_token: MakeToken) -> None:
     assert refresh_blocker(token, state, now=later) == ""
     token.token_secret = ""
     assert refresh_blocker(token, state) == NO_REFRESH_TOKEN
+
+
+@pytest.mark.django_db(databases=["default", "mariadb", "postgres"])
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "default",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def test_success_releases_the_whole_lease_on_every_database(alias: str) -> None:
+    """MariaDB evaluates SET assignments left to right: releasing ``lease_id``
+    first left ``lease_expires_at`` set, and nobody could claim for LEASE seconds."""
+    from allauth.socialaccount.models import SocialAccount, SocialToken
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.db_manager(alias).create_user("lease")
+    account = SocialAccount.objects.using(alias).create(user=user, provider="fake", uid="1")
+    token = SocialToken.objects.using(alias).create(account=account, token="a", token_secret="r")
+    states = TokenState.objects.using(alias)
+    states.create(token=token)
+    assert states.claim_lease(token.pk, "a" * 32, 30)
+    states.record_success(token.pk, lease_id="a" * 32, at=timezone.now(), refresh_expires_at=None)
+    state = states.get(pk=token.pk)
+    assert (state.lease_id, state.lease_expires_at) == ("", None)
+    assert states.claim_lease(token.pk, "b" * 32, 30)
