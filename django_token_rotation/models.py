@@ -14,7 +14,8 @@ from typing import Any
 
 from allauth.socialaccount.models import SocialToken
 from django.db import models
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
@@ -44,6 +45,13 @@ def fingerprint(secret: str) -> str:
     ]
 
 
+def _db_now_plus(seconds: float) -> ExpressionWrapper[Any]:
+    """The database's current time plus ``seconds``, as an SQL expression."""
+    return ExpressionWrapper(
+        Now() + Value(datetime.timedelta(seconds=seconds)), output_field=models.DateTimeField()
+    )
+
+
 class TokenStateQuerySet(models.QuerySet["TokenState"]):
     """The state changes. Each is one conditional ``UPDATE`` on the token's row
     (``token_id``), so it is atomic on every database without a transaction."""
@@ -59,12 +67,12 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
     # -- the lease -------------------------------------------------------------
 
     def claim_lease(self, token_id: Any, lease_id: str, seconds: float) -> bool:
-        """Take the lease if it is free or expired (a compare-and-swap)."""
-        now = timezone.now()
+        """Take the lease if it is free or expired (a compare-and-swap). Lease
+        times are the database's clock, the same for every host."""
         claimed = (
             self._of(token_id)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-            .update(lease_id=lease_id, lease_expires_at=now + datetime.timedelta(seconds=seconds))
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now()))
+            .update(lease_id=lease_id, lease_expires_at=_db_now_plus(seconds))
         )
         return bool(claimed)
 
@@ -74,11 +82,23 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
 
     # -- the outcome of one refresh ---------------------------------------------
 
-    def mark_in_flight(self, token_id: Any, sent_fingerprint: str) -> None:
-        """Record that the refresh token with this fingerprint is about to be sent."""
-        self._of(token_id).update(
-            inflight_fingerprint=sent_fingerprint, inflight_since=timezone.now()
+    def mark_in_flight(
+        self, token_id: Any, sent_fingerprint: str, *, lease_id: str, lease_seconds: float
+    ) -> bool:
+        """Record that the refresh token with this fingerprint is about to be sent,
+        and renew the lease for ``lease_seconds`` from now (database clock) - only
+        if the lease is still ours and unexpired. ``False``: it is not, and the
+        refresh token must not be sent."""
+        renewed = (
+            self._of(token_id)
+            .filter(lease_id=lease_id, lease_expires_at__gt=Now())
+            .update(
+                inflight_fingerprint=sent_fingerprint,
+                inflight_since=Now(),
+                lease_expires_at=_db_now_plus(lease_seconds),
+            )
         )
+        return bool(renewed)
 
     def record_success(
         self,

@@ -215,50 +215,69 @@ def _refresh_holding(flight: Flight) -> SocialToken:
             return token
         flight.check_blocked(state)
         sent = token.token_secret
-        endpoint = providers.resolve(token)
-        client.require_secure(endpoint.url, provider=endpoint.provider)
-        alias = token._state.db or DEFAULT_DB_ALIAS
-        if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
-            # An open transaction (perhaps the caller's own) holds the token's row:
-            # the answer could not be stored, so the refresh token is not sent.
-            raise TokenRefreshUnavailable(
-                "The token's row is locked by an open transaction; not refreshing now.",
-                code="in_transaction",
-                provider=store.provider_key(token),
-                token_id=token.pk,
-            )
-        sent_fingerprint = fingerprint(sent)
-        # An earlier attempt with this very refresh token never stored its
-        # outcome (see TokenState.inflight_fingerprint).
-        replay = state.inflight_fingerprint == sent_fingerprint
-        store.states(token).mark_in_flight(token.pk, sent_fingerprint)
-        started = time.monotonic()
-        try:
-            answer = client.refresh_token_grant(endpoint, sent)
-        except ReauthenticationRequired as exc:
-            return _refused(token, exc, sent, replay, started)
-        except TokenRefreshUnavailable as exc:
-            store.record_transient(token, exc, elapsed=time.monotonic() - started)
-            raise
-        claims = _checked_id_token(token, endpoint, answer)
-        if isinstance(claims, ReauthenticationRequired):
-            return _refused(token, claims, sent, replay, started)
-        if store.store_answer(
-            token,
-            answer,
-            sent,
-            lease_id=flight.lease_id,
-            elapsed=time.monotonic() - started,
-            claims=claims,
-        ):
-            flight.released = True
-        return token
+        # One deadline for every HTTP call of this refresh (discovery, token, JWKS).
+        with client.deadline(app_settings.TIMEOUT):
+            return _send_and_store(flight, state, sent)
     except ProviderNotRefreshable as exc:
         _log_left_alone(exc)
         raise
     except TokenRotationError as exc:
         _stamp(exc, token)
         raise
+
+
+@sensitive_variables()
+def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
+    token = flight.token
+    endpoint = providers.resolve(token)
+    client.require_secure(endpoint.url, provider=endpoint.provider)
+    alias = token._state.db or DEFAULT_DB_ALIAS
+    if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
+        # An open transaction (perhaps the caller's own) holds the token's row:
+        # the answer could not be stored, so the refresh token is not sent.
+        raise TokenRefreshUnavailable(
+            "The token's row is locked by an open transaction; not refreshing now.",
+            code="in_transaction",
+            provider=store.provider_key(token),
+            token_id=token.pk,
+        )
+    sent_fingerprint = fingerprint(sent)
+    # An earlier attempt with this very refresh token never stored its
+    # outcome (see TokenState.inflight_fingerprint).
+    replay = state.inflight_fingerprint == sent_fingerprint
+    # The lease is renewed now, by the database's clock, for longer than what is
+    # left of the deadline: no other worker can send this refresh token while
+    # ours may still be in flight. A lease that already ran out is not ours.
+    if not store.states(token).mark_in_flight(
+        token.pk, sent_fingerprint, lease_id=flight.lease_id, lease_seconds=app_settings.LEASE
+    ):
+        raise TokenRefreshUnavailable(
+            "This worker's lease ran out before the refresh was sent; not sending it.",
+            code="lease_expired",
+            provider=store.provider_key(token),
+            token_id=token.pk,
+        )
+    started = time.monotonic()
+    try:
+        answer = client.refresh_token_grant(endpoint, sent)
+    except ReauthenticationRequired as exc:
+        return _refused(token, exc, sent, replay, started)
+    except TokenRefreshUnavailable as exc:
+        store.record_transient(token, exc, elapsed=time.monotonic() - started)
+        raise
+    claims = _checked_id_token(token, endpoint, answer)
+    if isinstance(claims, ReauthenticationRequired):
+        return _refused(token, claims, sent, replay, started)
+    if store.store_answer(
+        token,
+        answer,
+        sent,
+        lease_id=flight.lease_id,
+        elapsed=time.monotonic() - started,
+        claims=claims,
+    ):
+        flight.released = True
+    return token
 
 
 def _refused(

@@ -34,6 +34,11 @@ from .models import BACKOFF, NO_REFRESH_TOKEN, SIGN_IN_REQUIRED, TokenState, ref
 _process_locks: weakref.WeakValueDictionary[Any, threading.Lock] = weakref.WeakValueDictionary()
 _process_locks_guard = threading.Lock()
 
+#: Seconds a lease must outlive the deadline of the refresh (``TOKEN_ROTATION_TIMEOUT``,
+#: shared by every HTTP call of it): the database writes before and after it.
+#: Check ``token_rotation.E006`` holds ``TOKEN_ROTATION_LEASE`` to it.
+LEASE_MARGIN = 2.0
+
 POLL_FIRST = 0.02
 POLL_MAX = 0.1
 
