@@ -8,6 +8,7 @@ network.
 from __future__ import annotations
 
 import datetime
+import random
 from typing import TYPE_CHECKING
 
 import jwt
@@ -120,11 +121,26 @@ def expires_at(
     return None
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive transient failures."""
-    return float(
-        min(
-            app_settings.RETRY_BACKOFF * 2 ** min(max(failures, 1) - 1, 30),
-            app_settings.RETRY_BACKOFF_MAX,
-        )
-    )
+#: First step of the quick retries once the access token has expired.
+EXPIRED_BACKOFF_FIRST = 0.5
+
+
+def backoff(failures: int, *, expired: bool = False) -> float:
+    """Seconds to wait after ``failures`` consecutive transient failures.
+
+    While the access token still works: ``TOKEN_ROTATION_RETRY_BACKOFF``
+    doubling up to ``TOKEN_ROTATION_RETRY_BACKOFF_MAX`` (gentle on the
+    provider; nobody is stuck). Once it has expired every API call of the user
+    fails: short steps (0.5, 1, 2 ... s up to ``TOKEN_ROTATION_EXPIRED_BACKOFF_MAX``),
+    jittered between half and all of the step so that hosts do not retry in step.
+    """
+    exponent = min(max(failures, 1) - 1, 30)
+    if expired:
+        step = min(EXPIRED_BACKOFF_FIRST * 2.0**exponent, app_settings.EXPIRED_BACKOFF_MAX)
+        return float(step * random.uniform(0.5, 1.0))
+    return float(min(app_settings.RETRY_BACKOFF * 2**exponent, app_settings.RETRY_BACKOFF_MAX))
+
+
+def retry_after_cap(*, expired: bool) -> float:
+    """The longest ``Retry-After`` honoured: short once the token has expired."""
+    return app_settings.RETRY_AFTER_MAX if expired else app_settings.RETRY_BACKOFF_MAX

@@ -118,7 +118,10 @@ class Flight:
         """Claim the lease (or wait for whoever holds it) and run ``hold`` while
         holding it; the lease is released afterwards, whatever happens."""
         token = self.token
-        wait = app_settings.WAIT
+        # While the caller's token still works nobody waits for another
+        # worker's refresh: the current token is good enough.
+        patient = self.force or expiry.is_expired(token, store.state_of(token))
+        wait = app_settings.WAIT if patient else 0.0
         deadline = time.monotonic() + wait
         lock = _process_lock(token)
         if not lock.acquire(timeout=wait):

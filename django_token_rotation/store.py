@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from allauth.socialaccount.models import SocialToken
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
@@ -58,20 +58,38 @@ def states(token: SocialToken) -> TokenStateQuerySet:
     return TokenState.objects.using(token._state.db)
 
 
+def gone(token: SocialToken) -> ReauthenticationRequired:
+    """The error for a token deleted meanwhile (the user disconnected the account,
+    an admin removed it): there is nothing left to refresh."""
+    return ReauthenticationRequired(
+        "The token was deleted while it was being refreshed.",
+        code="no_token",
+        provider=provider_key(token),
+        token_id=token.pk,
+    )
+
+
 def load_state(token: SocialToken) -> TokenState:
-    state = states(token).for_token(token.pk)
+    try:
+        state = states(token).for_token(token.pk)
+    except IntegrityError:
+        # The token row is gone: its state cannot be created.
+        raise gone(token) from None
     token.rotation_state = state
     return state
 
 
 def reload(token: SocialToken) -> TokenState:
     """Read the token's values and its state again, in one query."""
-    fresh = (
-        SocialToken.objects.using(token._state.db)
-        .select_related("rotation_state")
-        .only("token", "token_secret", "expires_at", "rotation_state")
-        .get(pk=token.pk)
-    )
+    try:
+        fresh = (
+            SocialToken.objects.using(token._state.db)
+            .select_related("rotation_state")
+            .only("token", "token_secret", "expires_at", "rotation_state")
+            .get(pk=token.pk)
+        )
+    except SocialToken.DoesNotExist:
+        raise gone(token) from None
     token.token, token.token_secret, token.expires_at = (
         fresh.token,
         fresh.token_secret,
@@ -234,9 +252,12 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
     state = load_state(token)
     failures = state.consecutive_failures + 1
     now = expiry.now()
-    retry_at = now + datetime.timedelta(seconds=expiry.backoff(failures))
+    expired = expiry.is_expired(token, state, now=now)
+    retry_at = now + datetime.timedelta(seconds=expiry.backoff(failures, expired=expired))
     if exc.retry_at is not None:
-        retry_at = max(retry_at, exc.retry_at)
+        # The provider's Retry-After, up to a cap (short once the token has expired).
+        cap = now + datetime.timedelta(seconds=expiry.retry_after_cap(expired=expired))
+        retry_at = max(retry_at, min(exc.retry_at, cap))
     exc.retry_at = retry_at
     states(token).record_transient(
         token.pk,
