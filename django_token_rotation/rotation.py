@@ -26,7 +26,7 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from . import client, idtoken, providers, store, transactions
@@ -195,7 +195,21 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 provider=store.provider_key(token),
                 token_id=token.pk,
             )
-        return transactions.outside(alias, lambda: Flight(token, force=force).run(_refresh_holding))
+        try:
+            return transactions.outside(
+                alias, lambda: Flight(token, force=force).run(_refresh_holding)
+            )
+        except DatabaseError as exc:
+            if not transactions.is_lock_timeout(exc):
+                raise
+            # A row the refresh needs is locked by an open transaction (perhaps
+            # the caller's own) for longer than TOKEN_ROTATION_WAIT.
+            raise TokenRefreshUnavailable(
+                "A row the refresh needs is locked by an open transaction.",
+                code="in_transaction",
+                provider=store.provider_key(token),
+                token_id=token.pk,
+            ) from None
     return Flight(token, force=force).run(_refresh_holding)
 
 

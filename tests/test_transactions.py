@@ -32,7 +32,17 @@ from django_token_rotation import TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
 from django_token_rotation.rotation import access_token_for
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, DATABASES, ROOT, seed
+from tests.test_concurrency import (
+    ALIASES,
+    DATABASES,
+    PROCESSES,
+    ROOT,
+    THREADS,
+    collect,
+    seed,
+    start_workers,
+    worker_env,
+)
 from tests.test_with_provider import connect, userinfo
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
@@ -213,10 +223,11 @@ def test_nobody_waits_for_someone_elses_open_transaction(
         assert waited < 2.0
 
 
+@pytest.mark.parametrize("with_state", [True, False], ids=["state-row", "no-state-row"])
 @pytest.mark.parametrize("alias", DATABASES)
 @pytest.mark.django_db(transaction=True, databases=ALIASES)
 def test_a_transaction_holding_the_token_row_gets_no_refresh_and_loses_nothing(
-    alias: str, scripted: ScriptedServer, settings: Any
+    alias: str, with_state: bool, scripted: ScriptedServer, settings: Any
 ) -> None:
     """The caller saved the token in its transaction, then asks for a refresh:
     the answer could never be stored, so the refresh token is not sent."""
@@ -227,7 +238,8 @@ def test_a_transaction_holding_the_token_row_gets_no_refresh_and_loses_nothing(
         provider="fake", name="F", client_id="c", secret="s"
     )
     seed(alias, provider="fake", app=app)
-    TokenState.objects.using(alias).create(token=SocialToken.objects.using(alias).get())
+    if with_state:
+        TokenState.objects.using(alias).create(token=SocialToken.objects.using(alias).get())
     started = time.monotonic()
     with pytest.raises(TokenRefreshUnavailable) as excinfo, transaction.atomic(using=alias):
         token = SocialToken.objects.using(alias).get()
@@ -239,3 +251,29 @@ def test_a_transaction_holding_the_token_row_gets_no_refresh_and_loses_nothing(
     assert scripted.token_requests == []
     assert took < 5
     assert access(alias) == "new-access"
+
+
+@pytest.mark.parametrize("alias", [p for p in DATABASES if p.values[0] != "default"])
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_a_burst_of_rolled_back_transactions_refreshes_once(alias: str, provider: Any) -> None:
+    """4 processes x 8 threads, each in a transaction that rolls back after it
+    was handed the token, against the provider with reuse protection."""
+    provider.set_delay(300)
+    user, token = connect(alias, provider)
+    env = worker_env(alias, TOKEN_ROTATION_TEST_ATOMIC="1")
+    results = collect(
+        start_workers(
+            PROCESSES, alias=alias, user_id=user.pk, provider="dot", threads=THREADS, env=env
+        )
+    )
+    provider.set_delay(0)
+    token.refresh_from_db()
+    stats = provider.stats()
+    seen = stats["refresh_tokens_seen"]
+    print(
+        f"\n[{alias}] {PROCESSES} x {THREADS} in rolled-back transactions: refresh calls "
+        f"{stats['refresh_calls']}, replays {len(seen) - len(set(seen))}"
+    )
+    assert [r.get("token") for r in results] == [token.token] * PROCESSES * THREADS
+    assert stats["refresh_calls"] == 1
+    assert userinfo(provider, token.token) == 200
