@@ -411,14 +411,8 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description=_("Clear error"), permissions=["refresh"])
     def clear_error(self, request: HttpRequest, queryset: QuerySet[SocialToken]) -> None:
-        cleared = TokenState.objects.filter(token__in=queryset.values("pk")).update(
-            consecutive_failures=0,
-            last_error="",
-            last_error_at=None,
-            next_retry_at=None,
-            needs_reauth=False,
-            failed_fingerprint="",
-        )
+        # The in-flight marker goes too: a later invalid_grant is then a plain refusal.
+        cleared = TokenState.objects.filter(token__in=queryset.values("pk")).clear_failure()
         self.message_user(
             request,
             ngettext(

@@ -124,13 +124,20 @@ def _check_settings() -> list[checks.CheckMessage]:
                 )
             )
     try:
-        if app_settings.LEASE <= app_settings.TIMEOUT:
+        from .singleflight import LEASE_MARGIN
+
+        # The lease is renewed when the refresh token is sent; from then on the
+        # refresh takes at most TIMEOUT (one deadline for discovery, token call
+        # and JWKS) plus the database writes (LEASE_MARGIN).
+        if app_settings.LEASE < app_settings.TIMEOUT + LEASE_MARGIN:
             errors.append(
                 checks.Error(
-                    f"TOKEN_ROTATION_LEASE ({app_settings.LEASE} s) is not longer than "
-                    f"TOKEN_ROTATION_TIMEOUT ({app_settings.TIMEOUT} s): a slow refresh could "
-                    "lose its lease and another worker replay the refresh token.",
-                    hint="Make TOKEN_ROTATION_LEASE at least a few seconds above the timeout.",
+                    f"TOKEN_ROTATION_LEASE ({app_settings.LEASE} s) does not outlive a whole "
+                    f"refresh: TOKEN_ROTATION_TIMEOUT ({app_settings.TIMEOUT} s) plus "
+                    f"{LEASE_MARGIN} s for the database writes. A slow refresh could lose its "
+                    "lease and another worker replay the refresh token.",
+                    hint=f"Make TOKEN_ROTATION_LEASE at least TOKEN_ROTATION_TIMEOUT + "
+                    f"{LEASE_MARGIN} s.",
                     id="token_rotation.E006",
                 )
             )

@@ -1,14 +1,18 @@
 """The only module that speaks HTTP to a provider.
 
 It sends the refresh-token grant (and RFC 7009 revocation requests), reads the
-answer under a size and time cap, and turns it into either validated data
-(:class:`TokenResponse`, :class:`RevocationResponse`) or one of the typed
-exceptions of :mod:`django_token_rotation.exceptions`. It never logs, and never
-puts in an exception, a body, a header value or any token.
+answer under a size cap and one wall-clock deadline (:func:`deadline`: the
+discovery fetch, the token call and the JWKS fetch of one refresh share it,
+and it is enforced while the body is read, not per socket read), and turns it
+into either validated data (:class:`TokenResponse`, :class:`RevocationResponse`)
+or one of the typed exceptions of :mod:`django_token_rotation.exceptions`. It
+never logs, and never puts in an exception, a body, a header value or any token.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import email.utils
 import ipaddress
@@ -16,12 +20,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import urllib3
 from allauth.socialaccount.adapter import get_adapter
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -54,6 +59,32 @@ _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
 # token forever); it is ignored and the expiry derived some other way.
 MAX_EXPIRES_IN = 366 * 24 * 3600
+
+
+# -- one deadline per refresh -----------------------------------------------------
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "token_rotation_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every HTTP call made inside shares one budget of ``seconds`` (wall clock),
+    or the enclosing one if that ends sooner."""
+    at = time.monotonic() + seconds
+    outer = _deadline.get()
+    token = _deadline.set(at if outer is None else min(at, outer))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left of the current :func:`deadline` (``None``: none is set)."""
+    at = _deadline.get()
+    return None if at is None else at - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -221,6 +252,16 @@ def _send(
     limit = app_settings.MAX_RESPONSE_BYTES
     provider = endpoint.provider
     require_secure(endpoint.url, provider=provider)
+    # This call's own deadline, within the refresh's if one is running.
+    ends = time.monotonic() + timeout
+    shared = _deadline.get()
+    if shared is not None:
+        ends = min(ends, shared)
+    left = ends - time.monotonic()
+    if left <= 0:
+        raise TokenRefreshUnavailable(
+            "No time left of this refresh's deadline.", code="timeout", provider=provider
+        )
     # allauth's session, so that a site's proxies, certificates or retries
     # configured on its SocialAccountAdapter apply here too.
     session = get_adapter().get_requests_session()
@@ -233,12 +274,12 @@ def _send(
                 data=data,
                 headers=dict(headers or {}),
                 auth=auth,
-                timeout=timeout,
+                timeout=(left, left),
                 allow_redirects=False,
                 stream=True,
             )
             with response:
-                body = _read_capped(response, limit=limit, deadline=time.monotonic() + 2 * timeout)
+                body = _read_capped(response, limit=limit, deadline=ends)
                 return (
                     response.status_code,
                     response.headers.get("Content-Type", ""),
@@ -253,7 +294,7 @@ def _send(
         ) from None
     except _BodyTooSlow:
         raise TokenRefreshUnavailable(
-            "The response body did not arrive in time.", code="timeout", provider=provider
+            f"The response did not arrive within {timeout} s.", code="timeout", provider=provider
         ) from None
     except requests.Timeout:
         raise TokenRefreshUnavailable(
@@ -319,19 +360,42 @@ class _BodyTooSlow(Exception):
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
 def _read_capped(response: requests.Response, *, limit: int, deadline: float) -> bytes:
+    """The whole body, at most ``limit`` bytes, by ``deadline`` (``time.monotonic()``).
+
+    Read one socket read at a time, each allowed only the time left, so that an
+    answer dripping a few bytes at a time cannot outlast the deadline; a body
+    that is complete is returned even if its last bytes came just in time.
+    """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge
+    raw = response.raw
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=16 * 1024):
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _BodyTooSlow
+        _set_read_timeout(raw, left)
+        try:
+            chunk = raw.read1(16 * 1024, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _BodyTooSlow from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(type(exc).__name__) from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise _BodyTooLarge
-        if time.monotonic() > deadline:
-            raise _BodyTooSlow
         chunks.append(chunk)
-    return b"".join(chunks)
+
+
+def _set_read_timeout(raw: Any, seconds: float) -> None:
+    """Let the next socket read of ``raw`` (a urllib3 response) wait ``seconds`` at most."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 def _decode_json(body: bytes) -> Any:

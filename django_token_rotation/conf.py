@@ -58,7 +58,7 @@ class Settings:
         """Seconds one worker may hold the right to refresh a token.
 
         A worker that dies mid-refresh blocks others at most this long. It must
-        be longer than ``TIMEOUT``.
+        outlive a whole refresh: at least ``TIMEOUT`` + 2 (check E006).
         """
         return self._number("LEASE", 30, minimum=1)
 
@@ -69,13 +69,25 @@ class Settings:
 
     @property
     def RETRY_BACKOFF(self) -> float:
-        """First delay (seconds) before retrying after a transient failure; doubles each time."""
+        """First delay (seconds) before retrying after a transient failure while the
+        access token is still valid; doubles each time."""
         return self._number("RETRY_BACKOFF", 5)
 
     @property
     def RETRY_BACKOFF_MAX(self) -> float:
-        """Longest delay (seconds) between retries after transient failures."""
+        """Longest delay (seconds) between retries while the access token is still valid."""
         return self._number("RETRY_BACKOFF_MAX", 300)
+
+    @property
+    def EXPIRED_BACKOFF_MAX(self) -> float:
+        """Longest delay (seconds) between retries once the access token has expired
+        (steps of 0.5, 1, 2 ... seconds, jittered, up to this)."""
+        return self._number("EXPIRED_BACKOFF_MAX", 4, minimum=0.5)
+
+    @property
+    def RETRY_AFTER_MAX(self) -> float:
+        """Longest ``Retry-After`` (seconds) honoured once the access token has expired."""
+        return self._number("RETRY_AFTER_MAX", 30)
 
     @property
     def MAX_RESPONSE_BYTES(self) -> int:

@@ -71,8 +71,19 @@ def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) 
     assert endpoint.jwks_uri is not None and endpoint.issuer is not None
     provider = endpoint.provider
     client.require_secure(endpoint.jwks_uri, provider=provider)
+    left = client.remaining()
+    if left is not None and left <= 0:
+        raise TokenRefreshUnavailable(
+            "No time left of this refresh's deadline to fetch the signing keys (JWKS).",
+            code="jwks_unavailable",
+            provider=provider,
+            token_id=token.pk,
+        )
+    jwks = _jwks_client(endpoint.jwks_uri)
+    # The fetch (when the keys are not cached) stays within the refresh's deadline.
+    jwks.timeout = app_settings.TIMEOUT if left is None else min(left, app_settings.TIMEOUT)
     try:
-        key = _jwks_client(endpoint.jwks_uri).get_signing_key_from_jwt(id_token)
+        key = jwks.get_signing_key_from_jwt(id_token)
     except jwt.PyJWKClientConnectionError:
         raise TokenRefreshUnavailable(
             "The provider's signing keys (JWKS) could not be fetched.",

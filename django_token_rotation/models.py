@@ -1,10 +1,176 @@
-"""Our per-token bookkeeping. It never holds a token value."""
+"""Our per-token bookkeeping. It never holds a token value.
+
+Every change of a token's refresh state goes through the methods of
+:class:`TokenStateQuerySet` (``TokenState.objects``): the lease, the in-flight
+marker, success, refusal, transient failure and clearing a failure. The engine,
+the receivers and the admin all use them, so "what a success resets" is
+written once.
+"""
 
 from __future__ import annotations
 
+import datetime
+from typing import Any
+
 from allauth.socialaccount.models import SocialToken
 from django.db import models
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Now
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
+
+#: What "no recorded failure" looks like: set by a success, a new sign-in and
+#: the admin's "clear error".
+NO_FAILURE: dict[str, Any] = {
+    "needs_reauth": False,
+    "failed_fingerprint": "",
+    "consecutive_failures": 0,
+    "last_error": "",
+    "next_retry_at": None,
+    "inflight_fingerprint": "",
+    "inflight_since": None,
+}
+
+#: Reasons not to call the provider now (see :func:`refresh_blocker`).
+NO_REFRESH_TOKEN = "no_refresh_token"
+SIGN_IN_REQUIRED = "sign_in_required"
+BACKOFF = "backoff"
+
+
+def fingerprint(secret: str) -> str:
+    """A keyed, truncated hash of a refresh token: tells two apart, reveals nothing."""
+    return salted_hmac("django_token_rotation.fingerprint", secret, algorithm="sha256").hexdigest()[
+        :32
+    ]
+
+
+def _db_now_plus(seconds: float) -> ExpressionWrapper[Any]:
+    """The database's current time plus ``seconds``, as an SQL expression."""
+    return ExpressionWrapper(
+        Now() + Value(datetime.timedelta(seconds=seconds)), output_field=models.DateTimeField()
+    )
+
+
+class TokenStateQuerySet(models.QuerySet["TokenState"]):
+    """The state changes. Each is one conditional ``UPDATE`` on the token's row
+    (``token_id``), so it is atomic on every database without a transaction."""
+
+    def _of(self, token_id: Any) -> TokenStateQuerySet:
+        return self.filter(pk=token_id)
+
+    def for_token(self, token_id: Any) -> TokenState:
+        """The token's state row, created on first use."""
+        state, _created = self.get_or_create(token_id=token_id)
+        return state
+
+    # -- the lease -------------------------------------------------------------
+
+    def claim_lease(self, token_id: Any, lease_id: str, seconds: float) -> bool:
+        """Take the lease if it is free or expired (a compare-and-swap). Lease
+        times are the database's clock, the same for every host."""
+        claimed = (
+            self._of(token_id)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now()))
+            .update(lease_id=lease_id, lease_expires_at=_db_now_plus(seconds))
+        )
+        return bool(claimed)
+
+    def release_lease(self, token_id: Any, lease_id: str) -> None:
+        """Give the lease back, if it is still ours."""
+        self._of(token_id).filter(lease_id=lease_id).update(lease_id="", lease_expires_at=None)
+
+    # -- the outcome of one refresh ---------------------------------------------
+
+    def mark_in_flight(
+        self, token_id: Any, sent_fingerprint: str, *, lease_id: str, lease_seconds: float
+    ) -> bool:
+        """Record that the refresh token with this fingerprint is about to be sent,
+        and renew the lease for ``lease_seconds`` from now (database clock) - only
+        if the lease is still ours and unexpired. ``False``: it is not, and the
+        refresh token must not be sent."""
+        renewed = (
+            self._of(token_id)
+            .filter(lease_id=lease_id, lease_expires_at__gt=Now())
+            .update(
+                inflight_fingerprint=sent_fingerprint,
+                inflight_since=Now(),
+                lease_expires_at=_db_now_plus(lease_seconds),
+            )
+        )
+        return bool(renewed)
+
+    def record_success(
+        self,
+        token_id: Any,
+        *,
+        lease_id: str,
+        at: datetime.datetime,
+        refresh_expires_at: datetime.datetime | None,
+    ) -> dict[str, Any]:
+        """A refresh was stored: the failure is gone, the count goes up and the
+        lease (if still ``lease_id``) is released in the same statement.
+        Returns the plain values written, for the caller's copy of the row."""
+        values: dict[str, Any] = {
+            **NO_FAILURE,
+            "last_refreshed_at": at,
+            "last_attempt_at": at,
+            "refresh_expires_at": refresh_expires_at,
+        }
+        ours = Q(lease_id=lease_id)
+        self._of(token_id).update(
+            **values,
+            refresh_count=F("refresh_count") + 1,
+            # In this order: MySQL/MariaDB evaluate SET assignments left to right,
+            # each seeing the ones before it; ``lease_id`` must still be ours here.
+            lease_expires_at=Case(When(ours, then=Value(None)), default=F("lease_expires_at")),
+            lease_id=Case(When(ours, then=Value("")), default=F("lease_id")),
+        )
+        return values
+
+    def record_refusal(self, token_id: Any, *, sent_fingerprint: str, code: str) -> None:
+        """The provider refused this refresh token: sign-in required until a new one."""
+        now = timezone.now()
+        self._of(token_id).update(
+            needs_reauth=True,
+            failed_fingerprint=sent_fingerprint,
+            inflight_fingerprint="",
+            inflight_since=None,
+            last_error=code,
+            last_error_at=now,
+            last_attempt_at=now,
+            consecutive_failures=F("consecutive_failures") + 1,
+            next_retry_at=None,
+        )
+
+    def record_transient(
+        self,
+        token_id: Any,
+        *,
+        code: str,
+        failures: int,
+        retry_at: datetime.datetime,
+        not_processed: bool,
+    ) -> None:
+        """A transient failure: try again after ``retry_at``. ``not_processed``:
+        the provider said it did not act, so nothing can have been rotated."""
+        now = timezone.now()
+        cleared: dict[str, Any] = (
+            {"inflight_fingerprint": "", "inflight_since": None} if not_processed else {}
+        )
+        self._of(token_id).update(
+            **cleared,
+            consecutive_failures=failures,
+            last_error=code,
+            last_error_at=now,
+            last_attempt_at=now,
+            next_retry_at=retry_at,
+        )
+
+    def clear_failure(self) -> int:
+        """Forget the recorded failures of these rows (a new sign-in, the admin's
+        "clear error"): the next use tries the provider again."""
+        return self.update(**NO_FAILURE, last_error_at=None)
 
 
 class TokenState(models.Model):
@@ -61,6 +227,8 @@ class TokenState(models.Model):
     inflight_fingerprint = models.CharField(max_length=32, blank=True, default="", editable=False)
     inflight_since = models.DateTimeField(null=True, blank=True, editable=False)
 
+    objects = TokenStateQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("token refresh state")
         verbose_name_plural = _("token refresh states")
@@ -73,6 +241,49 @@ class TokenState(models.Model):
             f"<TokenState token_id={self.token_id} refresh_count={self.refresh_count} "
             f"needs_reauth={self.needs_reauth} last_error={self.last_error!r}>"
         )
+
+    def refuses(self, token: SocialToken) -> bool:
+        """Whether the provider refused the refresh token that ``token`` holds now
+        (a refusal of an earlier refresh token, replaced by a sign-in, does not count)."""
+        return (
+            self.needs_reauth
+            and bool(token.token_secret)
+            and self.failed_fingerprint == fingerprint(token.token_secret)
+        )
+
+
+def refused(token: SocialToken, state: TokenState | None) -> bool:
+    """Whether the provider refused the refresh token that is stored now."""
+    return state is not None and state.refuses(token)
+
+
+def refresh_blocker(
+    token: SocialToken,
+    state: TokenState | None,
+    *,
+    now: datetime.datetime | None = None,
+    force: bool = False,
+) -> str:
+    """Why the provider must not be called for ``token`` now; ``""`` when it may.
+
+    The one answer to "may we call the provider now?", shared by the engine,
+    the command and the background refresh: :data:`NO_REFRESH_TOKEN`,
+    :data:`SIGN_IN_REQUIRED` (the stored refresh token was refused) or
+    :data:`BACKOFF` (a transient failure's back-off has not passed; ``force``
+    ignores it).
+    """
+    if not token.token_secret:
+        return NO_REFRESH_TOKEN
+    if refused(token, state):
+        return SIGN_IN_REQUIRED
+    if (
+        not force
+        and state is not None
+        and state.next_retry_at is not None
+        and (now or timezone.now()) < state.next_retry_at
+    ):
+        return BACKOFF
+    return ""
 
 
 class RefreshEvent(models.Model):

@@ -36,12 +36,4 @@ def token_saved(sender: Any, instance: SocialToken, created: bool, **kwargs: Any
     ``update()``, which sends no signal): a new sign-in lifts a recorded failure."""
     if created:
         return
-    TokenState.objects.using(instance._state.db).filter(token_id=instance.pk).update(
-        needs_reauth=False,
-        failed_fingerprint="",
-        consecutive_failures=0,
-        last_error="",
-        next_retry_at=None,
-        inflight_fingerprint="",
-        inflight_since=None,
-    )
+    TokenState.objects.using(instance._state.db).filter(token_id=instance.pk).clear_failure()

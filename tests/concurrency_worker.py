@@ -32,7 +32,7 @@ def main() -> None:
     django.setup()
 
     from django.contrib.auth import get_user_model
-    from django.db import connections
+    from django.db import connections, transaction
 
     from django_token_rotation import TokenRotationError, get_access_token
 
@@ -61,7 +61,13 @@ def main() -> None:
         if delay > 0:
             time.sleep(delay)
         try:
-            outcome: dict[str, Any] = {"token": get_access_token(user, args.provider)}
+            if os.environ.get("TOKEN_ROTATION_TEST_ATOMIC"):
+                # As in a view under ATOMIC_REQUESTS that then fails: roll back.
+                with transaction.atomic():
+                    outcome: dict[str, Any] = {"token": get_access_token(user, args.provider)}
+                    transaction.set_rollback(True)
+            else:
+                outcome = {"token": get_access_token(user, args.provider)}
         except TokenRotationError as exc:
             outcome = {"error": exc.code, "permanent": exc.permanent}
         except Exception as exc:  # reported to the parent, which fails the test

@@ -20,25 +20,33 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret", "oidc-secret")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if django_settings.POSTGRES_AVAILABLE:
-        return
-    pg = django_settings.PG
-    where = f"{pg['HOST']}:{pg['PORT']}"
-    wanted = [item for item in items if item.get_closest_marker("postgres")]
-    if not wanted:
-        return
-    if IN_CI:
-        raise pytest.UsageError(
-            f"PostgreSQL is not reachable at {where}, and CI=true: the PostgreSQL tests "
-            "must run in CI, not be skipped. Start the server (see .ci/run)."
+def _unavailable_servers() -> dict[str, str]:
+    """Marker name -> why its database server cannot be used here."""
+    problems = {}
+    if not django_settings.POSTGRES_AVAILABLE:
+        pg = django_settings.PG
+        problems["postgres"] = (
+            f"PostgreSQL not reachable at {pg['HOST']}:{pg['PORT']} "
+            "(set TOKEN_ROTATION_TEST_PG_HOST/PORT/NAME/USER to point at one)"
         )
-    skip = pytest.mark.skip(
-        reason=f"PostgreSQL not reachable at {where} "
-        "(set TOKEN_ROTATION_TEST_PG_HOST/PORT/NAME/USER to point at one)"
-    )
-    for item in wanted:
-        item.add_marker(skip)
+    if not django_settings.MARIADB_AVAILABLE:
+        problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    return problems
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for marker, reason in _unavailable_servers().items():
+        wanted = [item for item in items if item.get_closest_marker(marker)]
+        if not wanted:
+            continue
+        if IN_CI:
+            raise pytest.UsageError(
+                f"{reason}, and CI=true: the {marker} tests must run in CI, not be "
+                "skipped. Start the server (see .ci/run)."
+            )
+        skip = pytest.mark.skip(reason=reason)
+        for item in wanted:
+            item.add_marker(skip)
 
 
 @pytest.fixture

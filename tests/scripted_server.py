@@ -74,6 +74,8 @@ class ScriptedServer:
         #: Paths answered with a fixed reply, outside the script (a JWKS, say).
         self.static: dict[str, Reply] = {}
         self.on_request: Callable[[Received], None] | None = None
+        #: Seconds the discovery document takes to arrive.
+        self.discovery_delay = 0.0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -131,6 +133,7 @@ class ScriptedServer:
                 if path.endswith("/.well-known/openid-configuration"):
                     with server._lock:
                         server.received.append(received)
+                    time.sleep(server.discovery_delay)
                     self._send(Reply(200, server.discovery()))
                     return
                 if path in server.static:

@@ -3,18 +3,26 @@
 The default database is a SQLite *file* (not the in-memory default), so that
 the concurrency tests' worker processes can share it. PostgreSQL
 (127.0.0.1:5432, database ``test``; ``TOKEN_ROTATION_TEST_PG_*`` to change)
-is added as the ``postgres`` alias when it answers; the tests that need it are
-skipped with a reason when it does not, and fail under ``CI=true``.
+is added as the ``postgres`` alias (READ COMMITTED, PostgreSQL's default) and
+the ``postgres_rr`` alias (REPEATABLE READ) when it answers; MariaDB
+(127.0.0.1:3306, root, no password; ``TOKEN_ROTATION_TEST_MARIADB_*`` to
+change) as the ``mariadb`` alias (REPEATABLE READ, as shipped) when it answers
+and its driver (mysqlclient) is installed. The tests that need them are
+skipped with a reason when they do not, and fail under ``CI=true``. Test
+database names carry the process id, so parallel runs do not collide.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import tempfile
 
 SECRET_KEY = "tests-only-not-secret"
+# The gunicorn servers of tests/test_transactions.py serve this project on 127.0.0.1.
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -126,6 +134,41 @@ def _reachable(host: str, port: int) -> bool:
 POSTGRES_AVAILABLE = _reachable(str(PG["HOST"]), int(str(PG["PORT"])))
 if POSTGRES_AVAILABLE:
     DATABASES["postgres"] = PG
+    DATABASES["postgres_rr"] = {
+        **PG,
+        "OPTIONS": {"isolation_level": 3},  # psycopg.IsolationLevel.REPEATABLE_READ
+        "TEST": {"NAME": f"test_token_rotation_rr_{os.getpid()}"},
+    }
+
+MARIADB: dict[str, object] = {
+    "ENGINE": "django.db.backends.mysql",
+    "HOST": os.environ.get("TOKEN_ROTATION_TEST_MARIADB_HOST", "127.0.0.1"),
+    "PORT": os.environ.get("TOKEN_ROTATION_TEST_MARIADB_PORT", "3306"),
+    "NAME": os.environ.get("TOKEN_ROTATION_TEST_MARIADB_NAME", "test"),
+    "USER": os.environ.get("TOKEN_ROTATION_TEST_MARIADB_USER", "root"),
+    "PASSWORD": os.environ.get("TOKEN_ROTATION_TEST_MARIADB_PASSWORD", ""),
+    "OPTIONS": {"charset": "utf8mb4"},
+    "TEST": {"NAME": f"test_token_rotation_{os.getpid()}", "CHARSET": "utf8mb4"},
+}
+
+
+def _mariadb_problem() -> str:
+    """Why the MariaDB tests cannot run here (``""``: they can)."""
+    where = f"{MARIADB['HOST']}:{MARIADB['PORT']}"
+    if importlib.util.find_spec("MySQLdb") is None:
+        return "the mysqlclient driver is not installed (pip install -e '.[test]')"
+    if not _reachable(str(MARIADB["HOST"]), int(str(MARIADB["PORT"]))):
+        return (
+            f"MariaDB not reachable at {where} "
+            "(set TOKEN_ROTATION_TEST_MARIADB_HOST/PORT/USER/PASSWORD to point at one)"
+        )
+    return ""
+
+
+MARIADB_PROBLEM = _mariadb_problem()
+MARIADB_AVAILABLE = not MARIADB_PROBLEM
+if MARIADB_AVAILABLE:
+    DATABASES["mariadb"] = MARIADB
 
 # A worker process of the concurrency tests gets the exact database it must use.
 if os.environ.get("TOKEN_ROTATION_TEST_WORKER_DB"):

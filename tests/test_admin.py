@@ -329,12 +329,16 @@ def test_clear_error(admin_client: Client) -> None:
         last_error="server_error",
         next_retry_at=timezone.now() + datetime.timedelta(minutes=5),
         needs_reauth=True,
+        inflight_fingerprint="f" * 32,
+        inflight_since=timezone.now(),
     )
     response = action(admin_client, "clear_error", [token])
     assert messages_of(response)[0].startswith("Cleared the recorded error of 1 token")
     state = TokenState.objects.get(token=token)
     assert (state.consecutive_failures, state.last_error, state.next_retry_at) == (0, "", None)
     assert not state.needs_reauth
+    # The in-flight marker goes too: a later invalid_grant is not called a lost rotation.
+    assert (state.inflight_fingerprint, state.inflight_since) == ("", None)
     assert_masked(response)
 
 

@@ -92,6 +92,15 @@ def test_lease_must_outlast_the_timeout(settings: Any) -> None:
     assert ids(checks.check_setup()) == ["token_rotation.E006"]
 
 
+@pytest.mark.parametrize(("lease", "flagged"), [(2.5, True), (3, False)])
+def test_lease_must_outlast_the_timeout_plus_the_database_writes(
+    settings: Any, lease: float, flagged: bool
+) -> None:
+    settings.TOKEN_ROTATION_TIMEOUT = 1
+    settings.TOKEN_ROTATION_LEASE = lease
+    assert ids(checks.check_setup()) == (["token_rotation.E006"] if flagged else [])
+
+
 @pytest.mark.parametrize(
     ("providers", "expected"),
     [

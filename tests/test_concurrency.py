@@ -36,9 +36,15 @@ THREADS = 8
 DATABASES = [
     pytest.param("default", id="sqlite-file"),
     pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
+    pytest.param("postgres_rr", id="postgresql-repeatable-read", marks=pytest.mark.postgres),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
 ]
-# Every alias these tests may use (the postgres alias exists only when it answers).
-ALIASES = ["default", "postgres"] if settings.POSTGRES_AVAILABLE else ["default"]
+# Every alias these tests may use (the server aliases exist only when they answer).
+ALIASES = [
+    alias
+    for alias in ("default", "postgres", "postgres_rr", "mariadb")
+    if alias in settings.DATABASES
+]
 
 
 def worker_env(alias: str, **extra: str) -> dict[str, str]:

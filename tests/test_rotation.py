@@ -391,20 +391,47 @@ def test_transient_failure_returns_the_still_valid_token(
     assert len(scripted.token_requests) == 1
 
 
-def test_retry_after_is_honoured(
+def test_retry_after_is_honoured_while_the_token_is_valid(
     fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
 ) -> None:
-    token = make_token()
+    token = make_token(expires_in=30)  # due (leeway 60 s) but still valid
     scripted.script(Reply(503, b"", headers={"Retry-After": "120"}))
     with pytest.raises(TokenRefreshUnavailable) as excinfo:
-        get_access_token(user, "fake")
+        refresh(token)
     retry_at = state_of(token).next_retry_at
     assert retry_at is not None
     assert retry_at >= timezone.now() + datetime.timedelta(seconds=115)
     assert excinfo.value.retry_at == retry_at
 
 
-def test_backoff_doubles_and_is_capped(
+def test_retry_after_is_capped_once_the_token_has_expired(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any, settings: Any
+) -> None:
+    settings.TOKEN_ROTATION_RETRY_AFTER_MAX = 20
+    token = make_token()
+    scripted.script(Reply(503, b"", headers={"Retry-After": "120"}))
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        get_access_token(user, "fake")
+    retry_at = state_of(token).next_retry_at
+    assert retry_at is not None
+    assert timezone.now() + datetime.timedelta(seconds=15) <= retry_at
+    assert retry_at <= timezone.now() + datetime.timedelta(seconds=20)
+    assert excinfo.value.retry_at == retry_at
+
+
+def _delays(token: SocialToken, attempts: int) -> list[float]:
+    delays = []
+    for _ in range(attempts):
+        TokenState.objects.filter(token_id=token.pk).update(next_retry_at=None)
+        with pytest.raises(TokenRefreshUnavailable):
+            refresh(token)
+        state = state_of(token)
+        assert state.next_retry_at is not None and state.last_error_at is not None
+        delays.append((state.next_retry_at - state.last_error_at).total_seconds())
+    return delays
+
+
+def test_backoff_doubles_and_is_capped_while_the_token_is_valid(
     fake_app: SocialApp,
     make_token: MakeToken,
     scripted: ScriptedServer,
@@ -413,17 +440,27 @@ def test_backoff_doubles_and_is_capped(
 ) -> None:
     settings.TOKEN_ROTATION_RETRY_BACKOFF = 10
     settings.TOKEN_ROTATION_RETRY_BACKOFF_MAX = 35
+    token = make_token(expires_in=30)
+    scripted.script(Reply(500, b""))
+    assert [round(delay) for delay in _delays(token, 4)] == [10, 20, 35, 35]
+
+
+def test_retries_are_quick_and_jittered_once_the_token_has_expired(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    user: Any,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_EXPIRED_BACKOFF_MAX = 4
     token = make_token()
     scripted.script(Reply(500, b""))
-    delays = []
-    for _ in range(4):
-        TokenState.objects.filter(token_id=token.pk).update(next_retry_at=None)
-        with pytest.raises(TokenRefreshUnavailable):
-            get_access_token(user, "fake")
-        state = state_of(token)
-        assert state.next_retry_at is not None and state.last_error_at is not None
-        delays.append(round((state.next_retry_at - state.last_error_at).total_seconds()))
-    assert delays == [10, 20, 35, 35]
+    delays = _delays(token, 6)
+    steps = [0.5, 1, 2, 4, 4, 4]
+    assert all(
+        step / 2 - 0.01 <= delay <= step + 0.01 for delay, step in zip(delays, steps, strict=True)
+    )
+    assert len({round(delay, 3) for delay in delays[3:]}) > 1  # jittered
 
 
 def test_success_after_backoff_clears_the_failure(

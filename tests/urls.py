@@ -8,6 +8,8 @@ urlpatterns = [
     path("async-page/", views.async_page, name="async-page"),
     path("api/", views.api, name="api"),
     path("health/", views.health, name="health"),
+    path("token/", views.token_view, name="token"),
+    path("token-autocommit/", views.token_view_autocommit, name="token-autocommit"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
 ]

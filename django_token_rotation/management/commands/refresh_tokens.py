@@ -198,14 +198,7 @@ class Command(BaseCommand):
 
     def _why_not(self, token: SocialToken, now: datetime.datetime) -> str:
         """Why a due token is not refreshed (``""``: it is)."""
-        state = health.state_of(token)
-        if not token.token_secret:
-            return "no_refresh_token"
-        if rotation.refused(token, state):
-            return "sign_in_required"
-        if state is not None and state.next_retry_at is not None and now < state.next_retry_at:
-            return "backoff"
-        return ""
+        return rotation.refresh_blocker(token, health.state_of(token), now=now)
 
     def _due(
         self, tokens: QuerySet[SocialToken], record: Callable[[Result], None], *, dry_run: bool

@@ -1,0 +1,311 @@
+"""The stored token and its state: what the engine reads, and the outcome it writes.
+
+The new token is written with a compare-and-swap on the refresh token that
+was sent, so an older answer can never overwrite a newer token. The state
+changes themselves are :class:`~django_token_rotation.models.TokenState`
+queryset methods; this module decides which one an outcome calls, logs it and
+sends the signal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from allauth.socialaccount.models import SocialToken
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F, QuerySet
+from django.views.decorators.debug import sensitive_variables
+
+from . import client, expiry, signals
+from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
+from .models import TokenState, TokenStateQuerySet, fingerprint
+
+logger = logging.getLogger("django_token_rotation")
+
+#: Transient failures after which the provider has certainly not rotated anything.
+NOT_PROCESSED = frozenset({"rate_limited", "temporarily_unavailable"})
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def provider_key(token: SocialToken) -> str:
+    return str(token.account.provider)
+
+
+def newest_first(**lookups: Any) -> QuerySet[SocialToken]:
+    """Tokens with what the engine reads, the one that expires last (the newest) first."""
+    tokens: QuerySet[SocialToken] = (
+        SocialToken.objects.filter(**lookups)
+        .select_related("account", "app", "rotation_state")
+        .order_by(F("expires_at").desc(nulls_last=True), "-pk")
+    )
+    return tokens
+
+
+def state_of(token: SocialToken) -> TokenState | None:
+    """The token's ``TokenState`` if it has one (no query when it was selected)."""
+    try:
+        return token.rotation_state  # type: ignore[no-any-return]
+    except TokenState.DoesNotExist:
+        return None
+
+
+def states(token: SocialToken) -> TokenStateQuerySet:
+    """``TokenState`` rows in the token's own database (multi-database sites)."""
+    return TokenState.objects.using(token._state.db)
+
+
+def gone(token: SocialToken) -> ReauthenticationRequired:
+    """The error for a token deleted meanwhile (the user disconnected the account,
+    an admin removed it): there is nothing left to refresh."""
+    return ReauthenticationRequired(
+        "The token was deleted while it was being refreshed.",
+        code="no_token",
+        provider=provider_key(token),
+        token_id=token.pk,
+    )
+
+
+def load_state(token: SocialToken) -> TokenState:
+    try:
+        state = states(token).for_token(token.pk)
+    except IntegrityError:
+        # The token row is gone: its state cannot be created.
+        raise gone(token) from None
+    token.rotation_state = state
+    return state
+
+
+def reload(token: SocialToken) -> TokenState:
+    """Read the token's values and its state again, in one query."""
+    try:
+        fresh = (
+            SocialToken.objects.using(token._state.db)
+            .select_related("rotation_state")
+            .only("token", "token_secret", "expires_at", "rotation_state")
+            .get(pk=token.pk)
+        )
+    except SocialToken.DoesNotExist:
+        raise gone(token) from None
+    token.token, token.token_secret, token.expires_at = (
+        fresh.token,
+        fresh.token_secret,
+        fresh.expires_at,
+    )
+    state = state_of(fresh)
+    if state is None:
+        return load_state(token)
+    token.rotation_state = state
+    return state
+
+
+# -- writing the outcome --------------------------------------------------------
+
+
+@sensitive_variables()
+def store_answer(
+    token: SocialToken,
+    answer: client.TokenResponse,
+    sent: str,
+    *,
+    lease_id: str,
+    elapsed: float,
+    claims: dict[str, Any] | None = None,
+) -> bool:
+    """Store a successful answer, unless another worker stored a newer token
+    meanwhile (then ``token`` is reloaded). Returns whether it was written,
+    which also released the lease."""
+    now = expiry.now()
+    new_secret = answer.refresh_token or sent
+    expires_at = expiry.expires_at(answer.expires_in, answer.access_token, now)
+    refresh_expires_at = (
+        now + datetime.timedelta(seconds=answer.refresh_expires_in)
+        if answer.refresh_expires_in
+        else None
+    )
+    rotated = answer.refresh_token is not None and answer.refresh_token != sent
+    try:
+        with transaction.atomic(using=token._state.db):
+            # Compare-and-swap on the refresh token we sent: if another
+            # worker stored a newer token meanwhile, ours is stale.
+            written = (
+                SocialToken.objects.using(token._state.db)
+                .filter(pk=token.pk, token_secret=sent)
+                .update(token=answer.access_token, token_secret=new_secret, expires_at=expires_at)
+            )
+            if written:
+                outcome = states(token).record_success(
+                    token.pk, lease_id=lease_id, at=now, refresh_expires_at=refresh_expires_at
+                )
+                if claims is not None:
+                    store_claims(token, claims)
+                send_on_commit(
+                    signals.token_refreshed,
+                    token=token,
+                    provider=provider_key(token),
+                    rotated=rotated,
+                    duration=elapsed,
+                )
+    except DatabaseError:
+        logger.error(
+            "Could not store the refreshed token %s of provider %s (database error); "
+            "the provider's answer is lost.",
+            token.pk,
+            provider_key(token),
+            exc_info=False,
+        )
+        raise TokenRefreshUnavailable(
+            "The refreshed token could not be stored.",
+            code="database_error",
+            provider=provider_key(token),
+            token_id=token.pk,
+        ) from None
+    if not written:
+        reload(token)
+        logger.warning(
+            "Token %s of provider %s was replaced while our refresh was in flight; "
+            "keeping the stored one.",
+            token.pk,
+            provider_key(token),
+        )
+        return False
+    # What was just written, without reading it back.
+    token.token, token.token_secret, token.expires_at = (
+        answer.access_token,
+        new_secret,
+        expires_at,
+    )
+    state = state_of(token)
+    if state is not None:
+        for name, value in outcome.items():
+            setattr(state, name, value)
+        state.refresh_count += 1
+        state.lease_id, state.lease_expires_at = "", None
+    logger.info(
+        "Refreshed token %s of provider %s in %.0f ms (%s).",
+        token.pk,
+        provider_key(token),
+        elapsed * 1000,
+        "refresh token rotated" if rotated else "refresh token kept",
+    )
+    return True
+
+
+@sensitive_variables()
+def record_refusal(
+    token: SocialToken, exc: ReauthenticationRequired, sent: str, *, replay: bool, elapsed: float
+) -> ReauthenticationRequired | None:
+    """The provider refused ``sent``. Returns the error to raise, or ``None``
+    when another worker rotated the token meanwhile (``token`` now holds it)."""
+    state = reload(token)
+    if token.token_secret != sent:
+        # Someone else rotated the token after we read it: the provider
+        # refused a refresh token that is no longer ours to use.
+        logger.info(
+            "Provider %s refused an already-rotated refresh token of token %s; "
+            "adopting the stored token.",
+            provider_key(token),
+            token.pk,
+        )
+        return None
+    if exc.code == "invalid_grant" and replay:
+        exc = ReauthenticationRequired(
+            "The refresh token had been sent before by an attempt whose answer was never "
+            "stored (a worker died or a database write failed); the provider rotated it "
+            "and the new one is lost: the user must sign in again.",
+            code="lost_rotation",
+            provider=provider_key(token),
+            token_id=token.pk,
+        )
+        logger.error(
+            "Lost rotation for token %s of provider %s: an earlier refresh reached the "
+            "provider but its answer was never stored.",
+            token.pk,
+            provider_key(token),
+        )
+    states(token).record_refusal(token.pk, sent_fingerprint=fingerprint(sent), code=exc.code)
+    state.refresh_from_db()
+    logger.warning(
+        "Provider %s refused the refresh of token %s (%s): the user must sign in again.",
+        provider_key(token),
+        token.pk,
+        exc.code,
+    )
+    send_on_commit(
+        signals.token_refresh_failed,
+        token=token,
+        provider=provider_key(token),
+        code=exc.code,
+        permanent=True,
+        retry_at=None,
+        duration=elapsed,
+    )
+    return exc
+
+
+def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapsed: float) -> None:
+    """A transient failure: set the back-off (at least the provider's
+    ``Retry-After``) on ``exc`` and in the state."""
+    state = load_state(token)
+    failures = state.consecutive_failures + 1
+    now = expiry.now()
+    expired = expiry.is_expired(token, state, now=now)
+    retry_at = now + datetime.timedelta(seconds=expiry.backoff(failures, expired=expired))
+    if exc.retry_at is not None:
+        # The provider's Retry-After, up to a cap (short once the token has expired).
+        cap = now + datetime.timedelta(seconds=expiry.retry_after_cap(expired=expired))
+        retry_at = max(retry_at, min(exc.retry_at, cap))
+    exc.retry_at = retry_at
+    states(token).record_transient(
+        token.pk,
+        code=exc.code,
+        failures=failures,
+        retry_at=retry_at,
+        not_processed=exc.code in NOT_PROCESSED,
+    )
+    logger.warning(
+        "Refresh of token %s of provider %s failed (%s, attempt %d); next attempt after %s.",
+        token.pk,
+        provider_key(token),
+        exc.code,
+        failures,
+        retry_at.isoformat(timespec="seconds"),
+    )
+    send_on_commit(
+        signals.token_refresh_failed,
+        token=token,
+        provider=provider_key(token),
+        code=exc.code,
+        permanent=False,
+        retry_at=retry_at,
+        duration=elapsed,
+    )
+
+
+def store_claims(token: SocialToken, claims: dict[str, Any]) -> None:
+    """Keep the account's ID token claims current, where allauth keeps them."""
+    account = token.account
+    extra = account.extra_data if isinstance(account.extra_data, dict) else {}
+    if extra and "id_token" not in extra:
+        return  # allauth < 65.11 layout: the claims are mixed with userinfo
+    extra = {**extra, "id_token": claims}
+    type(account).objects.using(token._state.db).filter(pk=account.pk).update(extra_data=extra)
+    account.extra_data = extra
+
+
+def send_on_commit(signal: Any, **kwargs: Any) -> None:
+    token: SocialToken = kwargs["token"]
+
+    def send() -> None:
+        for receiver, result in signal.send_robust(sender=SocialToken, **kwargs):
+            if isinstance(result, Exception):
+                logger.error(
+                    "Receiver %r of a token rotation signal raised %s.",
+                    receiver,
+                    type(result).__name__,
+                )
+
+    transaction.on_commit(send, using=token._state.db)

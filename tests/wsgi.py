@@ -1,0 +1,10 @@
+"""The test project as a WSGI application, for the gunicorn servers of the tests."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+application = get_wsgi_application()
