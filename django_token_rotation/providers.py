@@ -58,6 +58,9 @@ class Quirks:
     handled: str = ""
     #: Settings the refresh needs beyond the app's client id and secret.
     settings: str = ""
+    #: How a site asks this provider for refresh tokens, when it must (check
+    #: W007): ``("scope", value)`` or ``("auth_param", "name=value")``.
+    offline: tuple[str, str] | None = None
     #: The reason (a key of :data:`REFUSAL_REASONS`) when the provider is refused
     #: although its allauth classes look standard.
     refused: str | None = None
@@ -75,30 +78,40 @@ QUIRKS: dict[str, Quirks] = {
     "amazon_cognito": Quirks(
         rotation="never", settings="SOCIALACCOUNT_PROVIDERS['amazon_cognito']['DOMAIN']"
     ),
-    "atlassian": Quirks(rotation="always"),
-    "auth0": Quirks(rotation="optional", settings=_at_import("auth0", "AUTH0_URL")),
+    "atlassian": Quirks(rotation="always", offline=("scope", "offline_access")),
+    "auth0": Quirks(
+        rotation="optional",
+        settings=_at_import("auth0", "AUTH0_URL"),
+        offline=("scope", "offline_access"),
+    ),
     "battlenet": Quirks(
         handled="the region comes from SOCIALACCOUNT_PROVIDERS['battlenet']['REGION'] "
         "(the sign-in's ?region= is gone at refresh time)",
         settings="SOCIALACCOUNT_PROVIDERS['battlenet']['REGION'] outside the US region",
     ),
     "dingtalk": Quirks(refused="custom_token_exchange"),
-    "dropbox": Quirks(rotation="never"),
+    "dropbox": Quirks(rotation="never", offline=("auth_param", "token_access_type=offline")),
     "feishu": Quirks(refused="custom_token_exchange"),
     "github": Quirks(
         rotation="always",
         handled="dead grants answered with HTTP 200 (bad_refresh_token)",
     ),
-    "google": Quirks(rotation="never"),
+    "google": Quirks(rotation="never", offline=("auth_param", "access_type=offline")),
     "keycloak": Quirks(rotation="optional"),
-    "microsoft": Quirks(rotation="always"),
-    "okta": Quirks(rotation="optional", settings=_at_import("okta", "OKTA_BASE_URL")),
+    "microsoft": Quirks(rotation="always", offline=("scope", "offline_access")),
+    "okta": Quirks(
+        rotation="optional",
+        settings=_at_import("okta", "OKTA_BASE_URL"),
+        offline=("scope", "offline_access"),
+    ),
     "gumroad": Quirks(settings=_at_import("gumroad", "GUMROAD_URL")),
     "jupyterhub": Quirks(settings=_at_import("jupyterhub", "API_URL")),
     "lemonldap": Quirks(settings=_at_import("lemonldap", "LEMONLDAP_URL")),
     "netiq": Quirks(settings=_at_import("netiq", "NETIQ_URL")),
-    "openid_connect": Quirks(rotation="optional", settings="the app's server_url"),
-    "salesforce": Quirks(rotation="never"),
+    "openid_connect": Quirks(
+        rotation="optional", settings="the app's server_url", offline=("scope", "offline_access")
+    ),
+    "salesforce": Quirks(rotation="never", offline=("scope", "refresh_token")),
     "shopify": Quirks(refused="sign_in_parameter"),
     "slack": Quirks(
         rotation="always",
@@ -110,12 +123,45 @@ QUIRKS: dict[str, Quirks] = {
         handled='dead grants answered {"status": 400, "message": "Invalid refresh token"}',
     ),
     "vk": Quirks(refused="sign_in_parameter"),
-    "x": Quirks(rotation="always"),
+    "twitter_oauth2": Quirks(rotation="always", offline=("scope", "offline.access")),
 }
 
 
 def quirks(provider_id: str) -> Quirks:
     return QUIRKS.get(provider_id, Quirks())
+
+
+def default_scope(provider_id: str) -> list[str]:
+    """The scope allauth asks for when a site configures none."""
+    from allauth.socialaccount.providers import registry
+
+    cls = registry.get_class(provider_id)
+    try:
+        scope = cls.get_default_scope(cls.__new__(cls)) if cls is not None else []
+    except Exception:  # a provider whose default scope needs its app or request
+        return []
+    return [str(item) for item in scope or []]
+
+
+def offline_access_missing(
+    provider_id: str, scope: list[str] | None, auth_params: dict[str, Any]
+) -> str | None:
+    """What the app's configuration lacks to be issued refresh tokens, or ``None``.
+
+    ``scope`` is the configured scope (``None``: allauth's default scope).
+    """
+    offline = quirks(provider_id).offline
+    if offline is None:
+        return None
+    kind, wanted = offline
+    if kind == "auth_param":
+        name, _, value = wanted.partition("=")
+        if auth_params.get(name) != value:
+            return f"AUTH_PARAMS lacks {wanted}"
+        return None
+    if wanted not in (default_scope(provider_id) if scope is None else scope):
+        return f"the scope lacks {wanted}"
+    return None
 
 
 def refusal_reason(provider_class: type[Any]) -> str | None:

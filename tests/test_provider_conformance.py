@@ -297,18 +297,26 @@ def test_battlenet_resolves_without_a_request(site: ScriptedServer, settings: An
 # -- the Providers page -------------------------------------------------------
 
 
+def _opt_in(offline: tuple[str, str] | None) -> str:
+    if offline is None:
+        return "-"
+    kind, wanted = offline
+    return f"``{wanted}`` in the scope" if kind == "scope" else f"AUTH_PARAMS ``{wanted}``"
+
+
 def provider_table() -> str:
     """The classification table of docs/providers.rst, generated from the code."""
     rows = [
         ".. list-table::",
         "   :header-rows: 1",
-        "   :widths: 16 14 12 30 28",
+        "   :widths: 16 12 10 26 22 14",
         "",
         "   * - Provider",
         "     - Refreshed",
         "     - Rotation",
         "     - Quirks handled",
         "     - Settings needed",
+        "     - Refresh tokens need",
     ]
     for cls in CLASSES:
         quirks = providers.quirks(cls.id)
@@ -319,6 +327,7 @@ def provider_table() -> str:
             f"     - {quirks.rotation or '-'}",
             f"     - {quirks.handled or '-'}",
             f"     - {quirks.settings or '-'}",
+            f"     - {_opt_in(quirks.offline)}",
         ]
     refreshable = sum(providers.refusal_reason(cls) is None for cls in CLASSES)
     return "\n".join(
@@ -363,3 +372,44 @@ def test_scripted_server_sees_the_original_host(site: ScriptedServer) -> None:
     with LoopbackAdapter().get_requests_session() as session:
         session.get("https://provider.example/oauth/token?x=1")
     assert site.received[0].path == "/provider.example/oauth/token"
+
+
+# -- W007: providers whose refresh tokens need an opt-in ----------------------
+
+OPT_INS = {key: q.offline for key, q in providers.QUIRKS.items() if q.offline}
+
+
+@pytest.mark.parametrize(("provider_id", "offline"), OPT_INS.items(), ids=OPT_INS.keys())
+def test_w007_warns_until_the_opt_in_is_configured(
+    provider_id: str, offline: tuple[str, str], server: ScriptedServer
+) -> None:
+    from django_token_rotation.checks import offline_access_problems
+
+    kind, wanted = offline
+    [warning] = offline_access_problems(provider_id, ["email"], {}, "here")
+    assert warning.id == "token_rotation.W007"
+    assert wanted in warning.msg
+    if kind == "scope":
+        assert offline_access_problems(provider_id, ["email", wanted], {}, "here") == []
+    else:
+        name, _, value = wanted.partition("=")
+        assert offline_access_problems(provider_id, [], {name: value}, "here") == []
+
+
+def test_w007_reads_allauths_default_scope(server: ScriptedServer) -> None:
+    from django_token_rotation.checks import offline_access_problems
+
+    # X's default scope lacks offline.access; Okta's has offline_access.
+    assert offline_access_problems("twitter_oauth2", None, {}, "here")
+    assert offline_access_problems("okta", None, {}, "here") == []
+    assert set(OPT_INS) >= {
+        "google",
+        "microsoft",
+        "okta",
+        "auth0",
+        "openid_connect",
+        "twitter_oauth2",
+        "dropbox",
+        "atlassian",
+        "salesforce",
+    }
