@@ -84,6 +84,12 @@ QUIRKS: dict[str, Quirks] = {
         settings=_at_import("auth0", "AUTH0_URL"),
         offline=("scope", "offline_access"),
     ),
+    "apple": Quirks(
+        rotation="never",
+        handled="the ES256 client secret, signed per refresh by allauth's own generator; "
+        "the first of several client ids",
+        settings="the app's key (team id), secret (key id) and settings certificate_key",
+    ),
     "battlenet": Quirks(
         handled="the region comes from SOCIALACCOUNT_PROVIDERS['battlenet']['REGION'] "
         "(the sign-in's ?region= is gone at refresh time)",
@@ -125,6 +131,12 @@ QUIRKS: dict[str, Quirks] = {
     "vk": Quirks(refused="sign_in_parameter"),
     "twitter_oauth2": Quirks(rotation="always", offline=("scope", "offline.access")),
 }
+
+
+#: Client classes whose token request is the standard one except for a client
+#: secret they generate: provider id -> the client's generator method. The
+#: refresh calls allauth's own generator (and ``get_client_id``) each time.
+GENERATED_SECRETS: dict[str, str] = {"apple": "generate_client_secret"}
 
 
 def quirks(provider_id: str) -> Quirks:
@@ -181,6 +193,11 @@ def refusal_reason(provider_class: type[Any]) -> str | None:
     if adapter_class is None:
         return "custom_token_exchange"
     client_class = getattr(adapter_class, "client_class", OAuth2Client)
+    generator = GENERATED_SECRETS.get(provider_class.id)
+    if generator and hasattr(client_class, generator):
+        # Apple: the client differs only by its generated secret, the adapter's
+        # get_access_token_data only by the sign-in session's ID token.
+        return None
     if client_class.get_access_token is not OAuth2Client.get_access_token:
         return "custom_token_exchange"
     if adapter_class.get_client is not OAuth2Adapter.get_client:
@@ -272,10 +289,21 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
         )
     app = provider.app
     client_class = getattr(adapter, "client_class", OAuth2Client)
+    client_id, client_secret = app.client_id, app.secret or ""
+    generator = GENERATED_SECRETS.get(type(provider).id)
+    if generator:
+        try:
+            allauth_client = client_class(
+                _request(), app.client_id, app.secret, "POST", url, callback_url=""
+            )
+            client_secret = getattr(allauth_client, generator)()
+            client_id = getattr(allauth_client, "get_client_id", lambda: app.client_id)()
+        except Exception as exc:  # no key, no certificate_key, two apps...
+            raise _not_configured(provider_key, token, exc) from None
     return client.TokenEndpoint(
         url=url,
-        client_id=app.client_id,
-        client_secret=app.secret or "",
+        client_id=client_id,
+        client_secret=client_secret,
         provider=provider_key,
         basic_auth=basic_auth,
         headers=headers,

@@ -145,8 +145,27 @@ def site(
     return server
 
 
+def _apple_key() -> tuple[str, Any]:
+    """A fresh P-256 key pair: the private key as Apple's .p8 (PEM), the public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return pem, private.public_key()
+
+
+APPLE_KEY, APPLE_PUBLIC_KEY = _apple_key()
+
+
 def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
     app_settings: dict[str, Any] = {}
+    if cls.id == "apple":
+        app_settings["certificate_key"] = APPLE_KEY
     if cls.id in ("openid_connect", "keycloak", "lemonldap", "fxa", "nextcloud", "gitea"):
         app_settings["server_url"] = server.base_url
     return SocialApp.objects.create(
@@ -213,6 +232,9 @@ def test_refreshes_as_allauth_signs_in(
         expected = base64.b64encode(f"id-{cls.id}:secret-{cls.id}".encode()).decode()
         assert request.headers["Authorization"] == f"Basic {expected}"
         assert "client_secret" not in request.form
+    elif cls.id in providers.GENERATED_SECRETS:
+        assert request.form[client_id_parameter] == f"id-{cls.id}"
+        verify_apple_client_secret(request.form["client_secret"], app)
     else:
         assert request.form[client_id_parameter] == f"id-{cls.id}"
         assert request.form["client_secret"] == f"secret-{cls.id}"
@@ -232,6 +254,53 @@ def test_refused_with_its_reason_and_no_request(
     with pytest.raises(ProviderNotRefreshable) as caught:
         providers.resolve(token)
     assert f"[{providers.refusal_reason(cls)}]" in str(caught.value)
+    assert site.received == []
+
+
+def verify_apple_client_secret(secret: str, app: SocialApp) -> None:
+    """What Apple checks: an ES256 JWT signed with the app's key, kid = key id,
+    iss = team id, sub = client id, aud = appleid.apple.com, short-lived."""
+    import jwt
+
+    assert jwt.get_unverified_header(secret) == {"alg": "ES256", "kid": app.secret, "typ": "JWT"}
+    claims = jwt.decode(
+        secret, APPLE_PUBLIC_KEY, algorithms=["ES256"], audience="https://appleid.apple.com"
+    )
+    assert (claims["iss"], claims["sub"]) == (app.key, app.client_id.split(",")[0])
+    assert 0 < claims["exp"] - claims["iat"] <= 3600
+
+
+def test_apple_uses_the_first_client_id_and_a_key_it_can_verify(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("apple")
+    app = make_app(cls, site)
+    app.client_id = "com.example.web,com.example.ios"
+    app.save()
+    token = make_token(cls, app, django_user_model)
+    refresh(token, force=True)
+    [request] = site.received
+    assert request.path == "/appleid.apple.com/auth/token"
+    assert request.form["client_id"] == "com.example.web"
+    verify_apple_client_secret(request.form["client_secret"], app)
+    with pytest.raises(Exception, match="Signature verification failed"):
+        import jwt
+
+        other = _apple_key()[1]
+        jwt.decode(request.form["client_secret"], other, algorithms=["ES256"], audience="x")
+
+
+def test_apple_without_its_key_is_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("apple")
+    app = make_app(cls, site)
+    app.settings = {}
+    app.save()
+    token = make_token(cls, app, django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider) as caught:
+        providers.resolve(token)
+    assert "ImproperlyConfigured" in str(caught.value)
     assert site.received == []
 
 
