@@ -416,6 +416,25 @@ def _error_code(payload: Any) -> str | None:
     return None
 
 
+#: Where providers put the refresh token's lifetime: Keycloak
+#: (``refresh_expires_in``), GitHub Apps, LinkedIn, Pinterest, Google
+#: time-limited consent (``refresh_token_expires_in``), Intuit QuickBooks
+#: (``x_refresh_token_expires_in``). The first usable one wins.
+REFRESH_EXPIRES_IN_KEYS = (
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+)
+
+
+def _refresh_lifetime(payload: dict[str, Any]) -> int | None:
+    for key in REFRESH_EXPIRES_IN_KEYS:
+        lifetime = _lifetime(payload.get(key))
+        if lifetime is not None:
+            return lifetime
+    return None
+
+
 def _provider_error(payload: Any) -> str | None:
     """The standard error code an error body means, through :data:`PROVIDER_ERRORS`.
 
@@ -571,12 +590,11 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
             endpoint.expires_in_key,
             type(raw_expires_in).__name__,
         )
-    refresh_expires_in = payload.get("refresh_expires_in")
     return TokenResponse(
         access_token=access_token,
         refresh_token=refresh_token,
         expires_in=expires_in,
-        refresh_expires_in=_lifetime(refresh_expires_in),
+        refresh_expires_in=_refresh_lifetime(payload),
         id_token=id_token,
         token_type=token_type,
     )

@@ -104,3 +104,27 @@ def test_rate_limits_and_outages_in_the_providers_words_stay_temporary(
         get_access_token(user, "fake")
     assert caught.value.code == code
     assert stored(token).token_secret == "old-refresh"
+
+
+# -- refresh-token expiry under every name -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["refresh_expires_in", "refresh_token_expires_in", "x_refresh_token_expires_in"]
+)
+def test_refresh_token_expiry_is_stored_under_every_name(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any, key: str
+) -> None:
+    from django.utils import timezone
+
+    from django_token_rotation.models import TokenState
+    from tests.scripted_server import tokens
+
+    token = make_token()
+    scripted.script(tokens(**{key: "8726400"}))  # Intuit sends numbers; strings are accepted
+    before = timezone.now()
+    assert get_access_token(user, "fake") == "new-access"
+    state = TokenState.objects.get(token=token)
+    assert state.refresh_expires_at is not None
+    seconds = (state.refresh_expires_at - before).total_seconds()
+    assert 8726400 - 5 < seconds < 8726400 + 5
