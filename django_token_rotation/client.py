@@ -104,6 +104,8 @@ class TokenEndpoint:
     #: OpenID Connect providers: where refreshed ID tokens are checked against.
     issuer: str | None = None
     jwks_uri: str | None = None
+    #: ``token_type`` values besides ``Bearer`` that name a bearer token (Slack's "user").
+    token_types: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -570,11 +572,15 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
     token_type = payload.get("token_type")
     if token_type is not None and not isinstance(token_type, str):
         raise _malformed(provider, "'token_type' is not a string")
-    if token_type is not None and token_type.strip().lower() != "bearer":
+    if token_type is not None and token_type.strip().lower() not in (
+        "bearer",
+        *endpoint.token_types,
+    ):
         # A DPoP- or MAC-bound token cannot be used the way the site uses it.
         kind = token_type[:20] if _ERROR_CODE_RE.match(token_type[:20]) else "?"
+        lost = " It carried a new refresh token, which is not stored." if refresh_token else ""
         raise TokenRefreshUnavailable(
-            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported.",
+            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported." + lost,
             code="unsupported_token_type",
             provider=provider,
         )

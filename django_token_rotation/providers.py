@@ -61,6 +61,8 @@ class Quirks:
     #: How a site asks this provider for refresh tokens, when it must (check
     #: W007): ``("scope", value)`` or ``("auth_param", "name=value")``.
     offline: tuple[str, str] | None = None
+    #: ``token_type`` values, besides ``Bearer``, that name a bearer token here.
+    token_types: frozenset[str] = frozenset()
     #: The reason (a key of :data:`REFUSAL_REASONS`) when the provider is refused
     #: although its allauth classes look standard.
     refused: str | None = None
@@ -117,11 +119,16 @@ QUIRKS: dict[str, Quirks] = {
     "openid_connect": Quirks(
         rotation="optional", settings="the app's server_url", offline=("scope", "offline_access")
     ),
-    "salesforce": Quirks(rotation="never", offline=("scope", "refresh_token")),
+    "salesforce": Quirks(
+        rotation="never",
+        offline=("scope", "refresh_token"),
+    ),
     "shopify": Quirks(refused="sign_in_parameter"),
     "slack": Quirks(
         rotation="always",
-        handled='dead grants answered with HTTP 200 {"ok": false, "error": ...}',
+        handled='dead grants answered with HTTP 200 {"ok": false, "error": ...}; '
+        'token_type "user" and "bot" (bearer tokens)',
+        token_types=frozenset({"user", "bot"}),
     ),
     "tiktok": Quirks(rotation="optional", handled="client_key instead of client_id"),
     "twitch": Quirks(
@@ -311,6 +318,7 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
         expires_in_key=expires_in_key,
         issuer=_string(oidc.get("issuer")),
         jwks_uri=_string(oidc.get("jwks_uri")),
+        token_types=quirks(provider_key).token_types,
     )
 
 

@@ -128,3 +128,26 @@ def test_refresh_token_expiry_is_stored_under_every_name(
     assert state.refresh_expires_at is not None
     seconds = (state.refresh_expires_at - before).total_seconds()
     assert 8726400 - 5 < seconds < 8726400 + 5
+
+
+def test_slacks_user_token_type_is_a_bearer_token(scripted: ScriptedServer) -> None:
+    from django_token_rotation import client, providers
+    from tests.scripted_server import tokens
+
+    slack = client.TokenEndpoint(
+        url=scripted.token_url,
+        client_id="c",
+        client_secret="s",
+        provider="slack",
+        token_types=providers.quirks("slack").token_types,
+    )
+    scripted.script(tokens(access="xoxe.xoxp-new", refresh="xoxe-1-new", token_type="user"))
+    assert client.refresh_token_grant(slack, "xoxe-1-old").refresh_token == "xoxe-1-new"
+    # Elsewhere a non-Bearer token is refused, and the message says what was lost.
+    other = client.TokenEndpoint(
+        url=scripted.token_url, client_id="c", client_secret="s", provider="other"
+    )
+    with pytest.raises(TokenRefreshUnavailable) as caught:
+        client.refresh_token_grant(other, "xoxe-1-old")
+    assert caught.value.code == "unsupported_token_type"
+    assert "carried a new refresh token" in str(caught.value)
