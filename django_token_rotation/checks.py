@@ -217,17 +217,15 @@ def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
 def offline_access_problems(
     provider: str, scope: Iterable[str] | None, auth_params: dict[str, Any] | None, where: str
 ) -> list[checks.CheckMessage]:
-    """Warnings for one app: Google wants ``access_type=offline``, Microsoft and
-    OpenID Connect apps the ``offline_access`` scope."""
-    scope = list(scope or [])
-    auth_params = auth_params or {}
-    if provider == "google" and auth_params.get("access_type") != "offline":
-        return [_offline_warning("google", "AUTH_PARAMS lacks access_type=offline", where)]
-    if provider in ("microsoft", "openid_connect", "okta", "auth0") and (
-        "offline_access" not in scope
-    ):
-        return [_offline_warning(provider, "the scope lacks offline_access", where)]
-    return []
+    """Warnings for one app, from the opt-ins of the provider quirks table
+    (``providers.QUIRKS``: Google's access_type=offline, offline_access, X's
+    offline.access, Dropbox's token_access_type=offline...)."""
+    from .providers import offline_access_missing
+
+    missing = offline_access_missing(
+        provider, None if scope is None else list(scope), auth_params or {}
+    )
+    return [_offline_warning(provider, missing, where)] if missing else []
 
 
 @checks.register(checks.Tags.compatibility)

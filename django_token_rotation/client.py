@@ -55,6 +55,39 @@ PERMANENT_ERRORS = frozenset(
 #: Error codes that say "later".
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
+#: THE table of provider error shapes: provider-specific errors (many sent with
+#: HTTP 200) -> the standard code they mean. Keys are what :func:`_provider_error`
+#: reads from a body: the ``error`` string, ``graph:<code>`` for a Graph API
+#: error object, ``message:<text>`` for a bare message, ``field:<field>:<code>``
+#: for an ``errors`` list. docs/providers.rst lists them.
+PROVIDER_ERRORS: dict[str, str] = {
+    # GitHub: HTTP 200 {"error": "bad_refresh_token"} (expired or used refresh token).
+    "bad_refresh_token": "invalid_grant",
+    "incorrect_client_credentials": "invalid_client",
+    # Slack: HTTP 200 {"ok": false, "error": ...}.
+    "invalid_refresh_token": "invalid_grant",
+    "token_revoked": "invalid_grant",
+    "token_expired": "invalid_grant",
+    "invalid_client_id": "invalid_client",
+    "bad_client_secret": "invalid_client",
+    "ratelimited": "slow_down",
+    "internal_error": "server_error",
+    "fatal_error": "server_error",
+    "service_unavailable": "temporarily_unavailable",
+    # Twitch: HTTP 400 {"status": 400, "message": "Invalid refresh token"}.
+    "message:invalid refresh token": "invalid_grant",
+    # Facebook / Instagram Graph API: {"error": {"code": 190, "type": "OAuthException"}}.
+    "graph:190": "invalid_grant",
+    "graph:1": "server_error",
+    "graph:2": "temporarily_unavailable",
+    "graph:4": "slow_down",
+    "graph:17": "slow_down",
+    "graph:32": "slow_down",
+    "graph:613": "slow_down",
+    # Strava: HTTP 400 {"errors": [{"field": "refresh_token", "code": "invalid"}]}.
+    "field:refresh_token:invalid": "invalid_grant",
+}
+
 _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
 # token forever); it is ignored and the expiry derived some other way.
@@ -102,6 +135,8 @@ class TokenEndpoint:
     #: OpenID Connect providers: where refreshed ID tokens are checked against.
     issuer: str | None = None
     jwks_uri: str | None = None
+    #: ``token_type`` values besides ``Bearer`` that name a bearer token (Slack's "user").
+    token_types: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -447,6 +482,54 @@ def _error_code(payload: Any) -> str | None:
     return None
 
 
+#: Where providers put the refresh token's lifetime: Keycloak
+#: (``refresh_expires_in``), GitHub Apps, LinkedIn, Pinterest, Google
+#: time-limited consent (``refresh_token_expires_in``), Intuit QuickBooks
+#: (``x_refresh_token_expires_in``). The first usable one wins.
+REFRESH_EXPIRES_IN_KEYS = (
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+)
+
+
+def _refresh_lifetime(payload: dict[str, Any]) -> int | None:
+    for key in REFRESH_EXPIRES_IN_KEYS:
+        lifetime = _lifetime(payload.get(key))
+        if lifetime is not None:
+            return lifetime
+    return None
+
+
+def _provider_error(payload: Any) -> str | None:
+    """The standard error code an error body means, through :data:`PROVIDER_ERRORS`.
+
+    Reads the body's shape only (never a token): an ``error`` string, a Graph
+    API error object, a bare ``message`` or a Strava-style ``errors`` list.
+    """
+    if not isinstance(payload, dict):
+        return None
+    keys: list[str] = []
+    error = payload.get("error")
+    if isinstance(error, dict) and isinstance(error.get("code"), int):
+        keys.append(f"graph:{error['code']}")
+    message = payload.get("message")
+    if isinstance(message, str) and len(message) <= 100:
+        keys.append(f"message:{message.strip().lower()}")
+    errors = payload.get("errors")
+    if isinstance(errors, list):
+        keys.extend(
+            f"field:{item.get('field')}:{item.get('code')}"
+            for item in errors[:10]
+            if isinstance(item, dict)
+        )
+    for key in keys:
+        if key in PROVIDER_ERRORS:
+            return PROVIDER_ERRORS[key]
+    code = _error_code(payload)
+    return PROVIDER_ERRORS.get(code, code) if code is not None else None
+
+
 def _lifetime(value: Any) -> int | None:
     """A lifetime in seconds from ``expires_in``-like values; ``None`` if unusable.
 
@@ -479,7 +562,7 @@ def parse_token_response(
     """Classify a token endpoint's answer; return it only when it is usable."""
     provider = endpoint.provider
     payload = _decode_body(content_type, body)
-    code = _error_code(payload)
+    code = _provider_error(payload)
 
     if 300 <= status < 400:
         raise TokenRefreshUnavailable(
@@ -553,11 +636,15 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
     token_type = payload.get("token_type")
     if token_type is not None and not isinstance(token_type, str):
         raise _malformed(provider, "'token_type' is not a string")
-    if token_type is not None and token_type.strip().lower() != "bearer":
+    if token_type is not None and token_type.strip().lower() not in (
+        "bearer",
+        *endpoint.token_types,
+    ):
         # A DPoP- or MAC-bound token cannot be used the way the site uses it.
         kind = token_type[:20] if _ERROR_CODE_RE.match(token_type[:20]) else "?"
+        lost = " It carried a new refresh token, which is not stored." if refresh_token else ""
         raise TokenRefreshUnavailable(
-            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported.",
+            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported." + lost,
             code="unsupported_token_type",
             provider=provider,
         )
@@ -573,12 +660,11 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
             endpoint.expires_in_key,
             type(raw_expires_in).__name__,
         )
-    refresh_expires_in = payload.get("refresh_expires_in")
     return TokenResponse(
         access_token=access_token,
         refresh_token=refresh_token,
         expires_in=expires_in,
-        refresh_expires_in=_lifetime(refresh_expires_in),
+        refresh_expires_in=_refresh_lifetime(payload),
         id_token=id_token,
         token_type=token_type,
     )

@@ -1,0 +1,484 @@
+"""Every provider class of the installed allauth, refreshed against one local server.
+
+Each provider class allauth ships is registered, given an app and an expired
+token, and classified by :func:`providers.refusal_reason`. Each refreshable one
+is refreshed for real over HTTP: its allauth token URL (``https://...``) is
+routed, through allauth's requests session, to one scripted server on
+127.0.0.1, which records the host and path the request was for, its client
+authentication and its form. What the request must look like comes from
+allauth's own adapter, as allauth uses it at sign-in.
+
+docs/providers.rst carries the classification table this module generates
+(``REGENERATE_DOCS=1 pytest tests/test_provider_conformance.py -k page``
+rewrites it).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import pkgutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import allauth.socialaccount.providers as allauth_providers
+import pytest
+import requests
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from allauth.socialaccount.providers import registry
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+
+from django_token_rotation import ProviderNotRefreshable, providers, refresh
+from django_token_rotation.exceptions import ImproperlyConfiguredProvider
+from tests.scripted_server import Reply, ScriptedServer, running, tokens
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "providers.rst"
+TABLE_START = ".. provider-table-start"
+TABLE_END = ".. provider-table-end"
+
+#: allauth provider packages that cannot be imported here, none of them OAuth
+#: 2.0: SAML 2.0 (python3-saml needs libxmlsec1), Steam (OpenID 2.0; it needs
+#: allauth's openid app, with its models, in INSTALLED_APPS).
+OPTIONAL_PACKAGES = {"saml", "steam"}
+
+
+def provider_classes() -> list[type[Any]]:
+    """Every provider class of the installed allauth, by id."""
+    found: dict[str, type[Any]] = {}
+    for module in pkgutil.iter_modules(allauth_providers.__path__):
+        if not module.ispkg:
+            continue
+        name = f"{allauth_providers.__name__}.{module.name}.provider"
+        try:
+            provider_module = importlib.import_module(name)
+        except ImportError as exc:
+            if exc.name == name:
+                continue  # a helper package (base, oauth, oauth2)
+            assert module.name in OPTIONAL_PACKAGES, (module.name, exc.name)
+            continue
+        except ImproperlyConfigured:
+            assert module.name in OPTIONAL_PACKAGES, module.name
+            continue
+        for cls in getattr(provider_module, "provider_classes", []):
+            found[cls.id] = cls
+    return [found[key] for key in sorted(found)]
+
+
+CLASSES = provider_classes()
+REFRESHABLE = [cls for cls in CLASSES if providers.refusal_reason(cls) is None]
+REFUSED = [cls for cls in CLASSES if providers.refusal_reason(cls) is not None]
+
+#: What a site must configure for these providers (test values); the same
+#: needs are stated in providers.QUIRKS[...].settings.
+PROVIDER_SETTINGS: dict[str, dict[str, Any]] = {
+    "amazon_cognito": {"DOMAIN": "https://auth.example.amazoncognito.com"},
+}
+#: Adapters that read their base URL from SOCIALACCOUNT_PROVIDERS when allauth
+#: is imported, which a test cannot redo: the class attribute a site's setting
+#: would have produced.
+IMPORT_TIME_SETTINGS: dict[str, tuple[str, str]] = {
+    "auth0": ("access_token_url", "https://example.eu.auth0.com/oauth/token"),
+    "gumroad": ("access_token_url", "https://api.gumroad.com/oauth/token"),
+    "jupyterhub": ("access_token_url", "https://hub.example.org/hub/api/oauth2/token"),
+    "lemonldap": ("access_token_url", "https://auth.example.org/oauth2/token"),
+    "netiq": ("provider_base_url", "https://netiq.example.org"),
+    "okta": ("okta_base_url", "example.okta.com"),
+}
+
+
+class LoopbackAdapter(DefaultSocialAccountAdapter):
+    """allauth's adapter, with its requests session routed to the scripted server."""
+
+    server: ScriptedServer
+
+    def get_requests_session(self) -> requests.Session:
+        session: requests.Session = super().get_requests_session()
+        session.mount("https://", _Loopback(self.server))
+        return session
+
+
+class _Loopback(requests.adapters.HTTPAdapter):
+    """Send ``https://host/path`` to ``http://127.0.0.1:port/host/path``."""
+
+    def __init__(self, server: ScriptedServer) -> None:
+        super().__init__()
+        self.server = server
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        parts = urlsplit(request.url or "")
+        query = f"?{parts.query}" if parts.query else ""
+        request.url = f"{self.server.base_url}/{parts.netloc}{parts.path}{query}"
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    saved = dict(registry.provider_map)
+    for cls in CLASSES:
+        registry.provider_map.setdefault(cls.id, cls)
+    LoopbackAdapter.server = None  # type: ignore[assignment]
+    with running() as scripted:
+        LoopbackAdapter.server = scripted
+        yield scripted
+    registry.provider_map.clear()
+    registry.provider_map.update(saved)
+
+
+@pytest.fixture
+def site(
+    settings: Any, server: ScriptedServer, db: None, monkeypatch: pytest.MonkeyPatch
+) -> ScriptedServer:
+    for provider_id, (attribute, value) in IMPORT_TIME_SETTINGS.items():
+        cls = registry.get_class(provider_id)
+        monkeypatch.setattr(cls.oauth2_adapter_class, attribute, value)
+    settings.SOCIALACCOUNT_ADAPTER = f"{__name__}.LoopbackAdapter"
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        **PROVIDER_SETTINGS,
+        "openid_connect": {"SERVERS": []},
+    }
+    server.script(tokens())  # and forget earlier requests
+    return server
+
+
+def _apple_key() -> tuple[str, Any]:
+    """A fresh P-256 key pair: the private key as Apple's .p8 (PEM), the public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return pem, private.public_key()
+
+
+APPLE_KEY, APPLE_PUBLIC_KEY = _apple_key()
+
+
+def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
+    app_settings: dict[str, Any] = {}
+    if cls.id == "apple":
+        app_settings["certificate_key"] = APPLE_KEY
+    if cls.id in ("openid_connect", "keycloak", "lemonldap", "fxa", "nextcloud", "gitea"):
+        app_settings["server_url"] = server.base_url
+    return SocialApp.objects.create(
+        provider=cls.id,
+        name=cls.id,
+        client_id=f"id-{cls.id}",
+        secret=f"secret-{cls.id}",
+        key="key",
+        settings=app_settings,
+        **extra,
+    )
+
+
+def make_token(cls: type[Any], app: SocialApp, django_user_model: Any) -> SocialToken:
+    user = django_user_model.objects.create(username=f"user-{cls.id}")
+    account = SocialAccount.objects.create(user=user, provider=app.provider_id or cls.id, uid="1")
+    return SocialToken.objects.create(
+        app=app, account=account, token="old-access", token_secret="old-refresh"
+    )
+
+
+def expected_request(cls: type[Any], app: SocialApp) -> tuple[str, bool, str, dict[str, str]]:
+    """(host + path, basic auth?, client id parameter, headers) as allauth signs in."""
+    request = HttpRequest()
+    provider = cls(request, app=app)
+    adapter = provider.get_oauth2_adapter(request)
+    if hasattr(adapter, "_openid_config"):  # OpenID Connect: its cached discovery
+        adapter._openid_config = providers.openid_configuration(provider)
+    parts = urlsplit(adapter.access_token_url)
+    target = f"/{parts.netloc}{parts.path}" if parts.scheme == "https" else parts.path
+    return (
+        target,
+        bool(adapter.basic_auth),
+        adapter.client_class.client_id_parameter,
+        dict(adapter.headers or {}),
+    )
+
+
+def test_every_allauth_provider_is_classified() -> None:
+    # The survey of allauth 65.22: 125 provider classes.
+    assert len(CLASSES) >= 120
+    assert len(REFRESHABLE) >= 95
+    for cls in REFUSED:
+        assert providers.refusal_reason(cls) in providers.REFUSAL_REASONS
+
+
+@pytest.mark.parametrize("cls", REFRESHABLE, ids=lambda cls: cls.id)
+def test_refreshes_as_allauth_signs_in(
+    cls: type[Any], site: ScriptedServer, django_user_model: Any
+) -> None:
+    app = make_app(cls, site)
+    token = make_token(cls, app, django_user_model)
+    site.script(tokens(access="fresh-access", refresh="fresh-refresh"))
+    path, basic, client_id_parameter, headers = expected_request(cls, app)
+
+    refresh(token, force=True)
+
+    [request] = [r for r in site.received if "well-known" not in r.path]
+    assert request.method == "POST"
+    assert request.path == path
+    assert request.form["grant_type"] == "refresh_token"
+    assert request.form["refresh_token"] == "old-refresh"
+    if basic:
+        expected = base64.b64encode(f"id-{cls.id}:secret-{cls.id}".encode()).decode()
+        assert request.headers["Authorization"] == f"Basic {expected}"
+        assert "client_secret" not in request.form
+    elif cls.id in providers.GENERATED_SECRETS:
+        assert request.form[client_id_parameter] == f"id-{cls.id}"
+        verify_apple_client_secret(request.form["client_secret"], app)
+    else:
+        assert request.form[client_id_parameter] == f"id-{cls.id}"
+        assert request.form["client_secret"] == f"secret-{cls.id}"
+    for name, value in headers.items():
+        assert request.headers.get(name) == value, name
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("fresh-access", "fresh-refresh")
+
+
+@pytest.mark.parametrize("cls", REFUSED, ids=lambda cls: cls.id)
+def test_refused_with_its_reason_and_no_request(
+    cls: type[Any], site: ScriptedServer, django_user_model: Any
+) -> None:
+    app = make_app(cls, site)
+    token = make_token(cls, app, django_user_model)
+    site.script(tokens())
+    with pytest.raises(ProviderNotRefreshable) as caught:
+        providers.resolve(token)
+    assert f"[{providers.refusal_reason(cls)}]" in str(caught.value)
+    assert site.received == []
+
+
+def verify_apple_client_secret(secret: str, app: SocialApp) -> None:
+    """What Apple checks: an ES256 JWT signed with the app's key, kid = key id,
+    iss = team id, sub = client id, aud = appleid.apple.com, short-lived."""
+    import jwt
+
+    assert jwt.get_unverified_header(secret) == {"alg": "ES256", "kid": app.secret, "typ": "JWT"}
+    claims = jwt.decode(
+        secret, APPLE_PUBLIC_KEY, algorithms=["ES256"], audience="https://appleid.apple.com"
+    )
+    assert (claims["iss"], claims["sub"]) == (app.key, app.client_id.split(",")[0])
+    assert 0 < claims["exp"] - claims["iat"] <= 3600
+
+
+def test_apple_uses_the_first_client_id_and_a_key_it_can_verify(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("apple")
+    app = make_app(cls, site)
+    app.client_id = "com.example.web,com.example.ios"
+    app.save()
+    token = make_token(cls, app, django_user_model)
+    refresh(token, force=True)
+    [request] = site.received
+    assert request.path == "/appleid.apple.com/auth/token"
+    assert request.form["client_id"] == "com.example.web"
+    verify_apple_client_secret(request.form["client_secret"], app)
+    with pytest.raises(Exception, match="Signature verification failed"):
+        import jwt
+
+        other = _apple_key()[1]
+        jwt.decode(request.form["client_secret"], other, algorithms=["ES256"], audience="x")
+
+
+def test_apple_without_its_key_is_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("apple")
+    app = make_app(cls, site)
+    app.settings = {}
+    app.save()
+    token = make_token(cls, app, django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider) as caught:
+        providers.resolve(token)
+    assert "ImproperlyConfigured" in str(caught.value)
+    assert site.received == []
+
+
+def test_tiktok_sends_client_key(site: ScriptedServer, django_user_model: Any) -> None:
+    cls = registry.get_class("tiktok")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    refresh(token, force=True)
+    [request] = site.received
+    assert request.form["client_key"] == "id-tiktok"
+    assert "client_id" not in request.form
+
+
+# -- resolution failures are configuration errors, not crashes ----------------
+
+
+def test_cognito_without_domain_is_a_configuration_error(
+    site: ScriptedServer, settings: Any, django_user_model: Any
+) -> None:
+    settings.SOCIALACCOUNT_PROVIDERS = {}
+    cls = registry.get_class("amazon_cognito")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider) as caught:
+        providers.resolve(token)
+    assert caught.value.code == "provider_not_configured"
+    assert "ValueError" in str(caught.value)
+
+
+def test_two_apps_for_one_provider_are_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("microsoft")
+    make_app(cls, site)
+    app = make_app(cls, site)
+    token = make_token(cls, app, django_user_model)
+    SocialToken.objects.filter(pk=token.pk).update(app=None)
+    token.refresh_from_db()
+    with pytest.raises(ImproperlyConfiguredProvider) as caught:
+        providers.resolve(token)
+    assert "MultipleObjectsReturned" in str(caught.value)
+
+
+def test_a_base_url_missing_from_settings_is_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What allauth's Okta adapter holds when OKTA_BASE_URL was not set at import.
+    cls = registry.get_class("okta")
+    monkeypatch.setattr(cls.oauth2_adapter_class, "okta_base_url", None)
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider):
+        providers.resolve(token)
+    assert site.received == []
+
+
+def test_battlenet_resolves_without_a_request(site: ScriptedServer, settings: Any) -> None:
+    settings.SOCIALACCOUNT_PROVIDERS = {"battlenet": {"REGION": "cn"}}
+    cls = registry.get_class("battlenet")
+    app = make_app(cls, site)
+    account = SocialAccount(provider="battlenet", uid="1")
+    token = SocialToken(app=app, account=account, token="a", token_secret="r")
+    assert providers.resolve(token).url == "https://oauth.battlenet.com.cn/token"
+
+
+# -- the Providers page -------------------------------------------------------
+
+
+def _opt_in(offline: tuple[str, str] | None) -> str:
+    if offline is None:
+        return "-"
+    kind, wanted = offline
+    return f"``{wanted}`` in the scope" if kind == "scope" else f"AUTH_PARAMS ``{wanted}``"
+
+
+def provider_table() -> str:
+    """The classification table of docs/providers.rst, generated from the code."""
+    rows = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 16 12 10 26 22 14",
+        "",
+        "   * - Provider",
+        "     - Refreshed",
+        "     - Rotation",
+        "     - Quirks handled",
+        "     - Settings needed",
+        "     - Refresh tokens need",
+    ]
+    for cls in CLASSES:
+        quirks = providers.quirks(cls.id)
+        reason = providers.refusal_reason(cls)
+        rows += [
+            f"   * - ``{cls.id}`` ({cls.name})",
+            f"     - {'yes' if reason is None else f'no: ``{reason}``'}",
+            f"     - {quirks.rotation or '-'}",
+            f"     - {quirks.handled or '-'}",
+            f"     - {quirks.settings or '-'}",
+            f"     - {_opt_in(quirks.offline)}",
+        ]
+    refreshable = sum(providers.refusal_reason(cls) is None for cls in CLASSES)
+    return "\n".join(
+        [
+            TABLE_START,
+            "",
+            f"{len(CLASSES)} provider classes, {refreshable} refreshed, "
+            f"{len(CLASSES) - refreshable} left alone with a reason.",
+            "",
+            *rows,
+            "",
+            TABLE_END,
+        ]
+    )
+
+
+def test_providers_page_table_is_generated_from_the_code() -> None:
+    text = DOCS.read_text()
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    if os.environ.get("REGENERATE_DOCS"):
+        DOCS.write_text(text[:start] + provider_table() + text[end:])
+        text = DOCS.read_text()
+        end = text.index(TABLE_END) + len(TABLE_END)
+    assert text[start:end] == provider_table(), (
+        "docs/providers.rst is out of date: run REGENERATE_DOCS=1 "
+        ".venv/bin/python -m pytest tests/test_provider_conformance.py -k page"
+    )
+
+
+def test_providers_page_documents_every_reason_and_error_shape() -> None:
+    from django_token_rotation import client
+
+    text = DOCS.read_text()
+    for reason in providers.REFUSAL_REASONS:
+        assert f"``{reason}``" in text, reason
+    for shape in client.PROVIDER_ERRORS:
+        assert f"``{shape}``" in text, shape
+
+
+def test_scripted_server_sees_the_original_host(site: ScriptedServer) -> None:
+    site.script(Reply(200, {}))
+    with LoopbackAdapter().get_requests_session() as session:
+        session.get("https://provider.example/oauth/token?x=1")
+    assert site.received[0].path == "/provider.example/oauth/token"
+
+
+# -- W007: providers whose refresh tokens need an opt-in ----------------------
+
+OPT_INS = {key: q.offline for key, q in providers.QUIRKS.items() if q.offline}
+
+
+@pytest.mark.parametrize(("provider_id", "offline"), OPT_INS.items(), ids=OPT_INS.keys())
+def test_w007_warns_until_the_opt_in_is_configured(
+    provider_id: str, offline: tuple[str, str], server: ScriptedServer
+) -> None:
+    from django_token_rotation.checks import offline_access_problems
+
+    kind, wanted = offline
+    [warning] = offline_access_problems(provider_id, ["email"], {}, "here")
+    assert warning.id == "token_rotation.W007"
+    assert wanted in warning.msg
+    if kind == "scope":
+        assert offline_access_problems(provider_id, ["email", wanted], {}, "here") == []
+    else:
+        name, _, value = wanted.partition("=")
+        assert offline_access_problems(provider_id, [], {name: value}, "here") == []
+
+
+def test_w007_reads_allauths_default_scope(server: ScriptedServer) -> None:
+    from django_token_rotation.checks import offline_access_problems
+
+    # X's default scope lacks offline.access; Okta's has offline_access.
+    assert offline_access_problems("twitter_oauth2", None, {}, "here")
+    assert offline_access_problems("okta", None, {}, "here") == []
+    assert set(OPT_INS) >= {
+        "google",
+        "microsoft",
+        "okta",
+        "auth0",
+        "openid_connect",
+        "twitter_oauth2",
+        "dropbox",
+        "atlassian",
+        "salesforce",
+    }
