@@ -32,6 +32,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
 from django.utils import timezone
 
+from . import providers as provider_resolution
 from . import rotation
 from .conf import app_settings
 from .exceptions import ProviderNotRefreshable, ReauthenticationRequired, TokenRefreshUnavailable
@@ -297,13 +298,14 @@ def refresh_due(
                 on_result(result)
 
     started = time.monotonic()
-    if dry_run:
-        for token, blocker in due(selection, batch_size=batch_size):
-            record(Result(token.pk, SKIPPED if blocker else DUE, blocker, token=token))
-    elif processes > 1:
-        _in_processes(selection, concurrency, processes, batch_size, record)
-    else:
-        _in_threads(selection, concurrency, batch_size, record)
+    with provider_resolution.resolution_cache():
+        if dry_run:
+            for token, blocker in due(selection, batch_size=batch_size):
+                record(Result(token.pk, SKIPPED if blocker else DUE, blocker, token=token))
+        elif processes > 1:
+            _in_processes(selection, concurrency, processes, batch_size, record)
+        else:
+            _in_threads(selection, concurrency, batch_size, record)
     report.duration = time.monotonic() - started
     return report
 
@@ -344,7 +346,8 @@ def refresh_ids(
         with lock:
             report.add(result)
 
-    _run(iter(work), selection, concurrency, record)
+    with provider_resolution.resolution_cache():
+        _run(iter(work), selection, concurrency, record)
     report.duration = time.monotonic() - started
     return report
 

@@ -2,8 +2,9 @@
 refresh that reached a provider, recorded from the engine's signals.
 
 ``TOKEN_ROTATION_HISTORY_RETENTION`` events are kept per token; older ones are
-pruned as new ones arrive, so the table grows with the number of tokens, never
-with time. Connected in ``TokenRotationConfig.ready()``.
+pruned as new ones arrive (after every failure and every ``retention // 5``-th
+refresh, so at most a fifth more stay between prunes): the table grows with the
+number of tokens, never with time. Connected in ``TokenRotationConfig.ready()``.
 """
 
 from __future__ import annotations
@@ -73,13 +74,27 @@ def record(
             rotated=rotated,
             retry_at=retry_at,
         )
-        prune(token.pk, keep=keep, using=db)
+        if _prune_now(token, outcome, keep):
+            prune(token.pk, keep=keep, using=db)
     except DatabaseError as exc:  # e.g. the token was deleted meanwhile
         logger.warning(
             "Could not record a refresh event of token %s (%s).", token.pk, type(exc).__name__
         )
         return None
     return event
+
+
+def _prune_now(token: SocialToken, outcome: RefreshEvent.Outcome, keep: int) -> bool:
+    """Prune after every failure, and after every ``keep // 5``-th refresh (by the
+    token's refresh count): at most a fifth more than ``keep`` events stay between
+    prunes, and most refreshes save the query."""
+    from .rotation import state_of
+
+    state = state_of(token)
+    if state is None or outcome != RefreshEvent.Outcome.REFRESHED:
+        return True
+    count: int = state.refresh_count
+    return count > 0 and count % max(1, keep // 5) == 0
 
 
 def prune(token_id: int, *, keep: int, using: str = "default") -> int:
