@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,8 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
 from django.utils import timezone
 
+from . import client, rotation
 from . import providers as provider_resolution
-from . import rotation
 from .conf import app_settings
 from .exceptions import ProviderNotRefreshable, ReauthenticationRequired, TokenRefreshUnavailable
 from .models import TokenState
@@ -298,7 +299,7 @@ def refresh_due(
                 on_result(result)
 
     started = time.monotonic()
-    with provider_resolution.resolution_cache():
+    with _run_scope():
         if dry_run:
             for token, blocker in due(selection, batch_size=batch_size):
                 record(Result(token.pk, SKIPPED if blocker else DUE, blocker, token=token))
@@ -346,13 +347,21 @@ def refresh_ids(
         with lock:
             report.add(result)
 
-    with provider_resolution.resolution_cache():
+    with _run_scope():
         _run(iter(work), selection, concurrency, record)
     report.duration = time.monotonic() - started
     return report
 
 
 # -- threads and processes ------------------------------------------------------
+
+
+@contextmanager
+def _run_scope() -> Iterator[None]:
+    """What a run over many tokens shares: each app's endpoint resolved once, and
+    one HTTP session per thread (its connections kept alive)."""
+    with provider_resolution.resolution_cache(), client.keep_alive():
+        yield
 
 
 def _in_threads(
@@ -396,6 +405,7 @@ def _run(
                 record(result)
         finally:
             connections.close_all()  # this thread's connections
+            client.close_sessions()
 
     threads = [
         threading.Thread(target=worker, name=f"refresh-{n}", daemon=True)

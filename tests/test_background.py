@@ -4,6 +4,7 @@ tasks - its report, idle refresh tokens, threads and forked processes."""
 from __future__ import annotations
 
 import datetime
+import threading
 from collections import Counter
 from typing import Any
 
@@ -177,3 +178,20 @@ def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
     )
     assert len(apps) <= 1
     assert per_refresh <= 8
+
+
+def test_keep_alive_reuses_one_session_per_thread_and_closes_it() -> None:
+    from django_token_rotation import client
+
+    outside = client._session()[0]
+    assert client._session()[0] is not outside  # web requests: a new session each time
+    with client.keep_alive():
+        kept = client._session()[0]
+        assert client._session()[0] is kept
+        other: list[Any] = []
+        thread = threading.Thread(target=lambda: other.append(client._session()[0]))
+        thread.start()
+        thread.join()
+        assert other[0] is not kept
+    assert getattr(client._keep_alive, "session", None) is None
+    assert client._session()[0] is not kept
