@@ -33,7 +33,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
 from django.utils import timezone
 
-from . import client, rotation
+from . import client, history, rotation
 from . import providers as provider_resolution
 from .conf import app_settings
 from .exceptions import ProviderNotRefreshable, ReauthenticationRequired, TokenRefreshUnavailable
@@ -358,9 +358,10 @@ def refresh_ids(
 
 @contextmanager
 def _run_scope() -> Iterator[None]:
-    """What a run over many tokens shares: each app's endpoint resolved once, and
-    one HTTP session per thread (its connections kept alive)."""
-    with provider_resolution.resolution_cache(), client.keep_alive():
+    """What a run over many tokens shares: each app's endpoint resolved once, one
+    HTTP session per thread (its connections kept alive), the refresh history
+    written in batches."""
+    with provider_resolution.resolution_cache(), client.keep_alive(), history.buffered():
         yield
 
 
@@ -397,12 +398,13 @@ def _run(
 
     def worker() -> None:
         try:
-            while (token := work.get()) is not None:
-                try:
-                    result = refresh_one(token, selection)
-                except BaseException as exc:  # reported by type only
-                    result = Result(token.pk, ERROR, type(exc).__name__)
-                record(result)
+            with history.buffered():
+                while (token := work.get()) is not None:
+                    try:
+                        result = refresh_one(token, selection)
+                    except BaseException as exc:  # reported by type only
+                        result = Result(token.pk, ERROR, type(exc).__name__)
+                    record(result)
         finally:
             connections.close_all()  # this thread's connections
             client.close_sessions()
@@ -484,6 +486,7 @@ def _child(
     try:
         _in_threads(selection, concurrency, batch_size, send, shard=shard)
     finally:
+        history.flush()  # this (main) thread's events, when concurrency is 1
         connections.close_all()
         results.put(_DONE)
 
