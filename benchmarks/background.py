@@ -26,6 +26,8 @@ from .endpoint import EndpointProcess
 class CommandRun:
     tokens: int
     concurrency: int
+    #: Processes: ``--processes`` of the command, or Celery worker processes.
+    processes: int
     seconds: float
     peak_rss_mb: float
     refreshed: int
@@ -35,6 +37,8 @@ class CommandRun:
     cpu_command_ms: float
     cpu_endpoint_ms: float
     cpu_postgres_ms: float
+    #: ``command`` (manage.py refresh_tokens) or ``celery`` (the sweep task and workers).
+    runner: str = "command"
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,6 +95,7 @@ def postmaster_pid() -> int | None:
 def run_command(
     count: int,
     concurrency: int,
+    processes: int,
     endpoint: EndpointProcess,
     env: dict[str, str],
     latency: float,
@@ -106,6 +111,7 @@ def run_command(
         "django",
         "refresh_tokens",
         f"--concurrency={concurrency}",
+        f"--processes={processes}",
         "--settings=benchmarks.settings",
     ]
     status, stdout, stderr, seconds, peak_kib, command_cpu = spawn_measured(
@@ -120,6 +126,7 @@ def run_command(
     return CommandRun(
         tokens=count,
         concurrency=concurrency,
+        processes=processes,
         seconds=seconds,
         peak_rss_mb=peak_kib / 1024,
         refreshed=int(match.group(1)),
@@ -158,3 +165,110 @@ def startup_seconds(env: dict[str, str]) -> float:
     """Wall time of a run with nothing due: Python, Django and the command starting."""
     command = [sys.executable, "-m", "django", "refresh_tokens", "--settings=benchmarks.settings"]
     return spawn_measured(command, {**env, "TOKEN_ROTATION_BENCH_VARIANT": "ours"})[3]
+
+
+class CeleryWorker:
+    """A real Celery worker (prefork, ``processes`` processes) on the benchmark's own
+    Redis database and queue, started before the timed sweeps and stopped after."""
+
+    def __init__(self, processes: int, env: dict[str, str], broker: str, queue: str) -> None:
+        self.processes = processes
+        self.name = f"bench-{os.getpid()}-{processes}-{time.monotonic_ns()}@localhost"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "benchmarks.celery_app",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={processes}",
+                "--loglevel=WARNING",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                f"--queues={queue}",
+                f"--hostname={self.name}",
+            ],
+            cwd=ROOT,
+            env={
+                **env,
+                "TOKEN_ROTATION_BENCH_VARIANT": "ours",
+                "TOKEN_ROTATION_BENCH_CELERY_BROKER": broker,
+                "TOKEN_ROTATION_BENCH_CELERY_QUEUE": queue,
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def cpu_seconds(self) -> float:
+        """The worker's CPU and its (living) children's, from /proc."""
+        total = cpu_seconds(self.process.pid)
+        for child in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            for pid in child.read_text().split():
+                total += cpu_seconds(int(pid))
+        return total
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.log.close()
+
+
+def run_celery(
+    count: int,
+    worker: CeleryWorker,
+    endpoint: EndpointProcess,
+    latency: float,
+    postmaster: int | None,
+    *,
+    batch_size: int,
+    concurrency: int,
+) -> CommandRun:
+    """One sweep through Celery: the sweep task fans the due tokens out as batch
+    tasks; timed from sending the sweep until every batch has reported."""
+    from celery.result import AsyncResult
+
+    from django_token_rotation import tasks
+
+    make_due()
+    endpoint.reset(latency)
+    endpoint_cpu = cpu_seconds(endpoint.process.pid)
+    postgres_cpu = cpu_seconds(postmaster, children=True)
+    worker_cpu = worker.cpu_seconds()
+    started = time.perf_counter()
+    sweep = tasks.refresh_due_tokens.apply_async(
+        kwargs={"batch_size": batch_size, "concurrency": concurrency}
+    )
+    fanned = sweep.get(timeout=600)
+    refreshed = 0
+    for task_id in fanned["ids"]:
+        refreshed += AsyncResult(task_id).get(timeout=600)["counts"].get("refreshed", 0)
+    seconds = time.perf_counter() - started
+    worker_cpu = worker.cpu_seconds() - worker_cpu
+    endpoint_cpu = cpu_seconds(endpoint.process.pid) - endpoint_cpu
+    postgres_cpu = cpu_seconds(postmaster, children=True) - postgres_cpu
+    stats = endpoint.stats()
+    return CommandRun(
+        tokens=count,
+        concurrency=concurrency,
+        processes=worker.processes,
+        seconds=seconds,
+        peak_rss_mb=math.nan,
+        refreshed=refreshed,
+        calls=int(stats["calls"]),
+        exit_status=0,
+        cpu_command_ms=worker_cpu * 1000 / count,
+        cpu_endpoint_ms=endpoint_cpu * 1000 / count,
+        cpu_postgres_ms=postgres_cpu * 1000 / count,
+        runner="celery",
+    )

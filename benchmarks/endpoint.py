@@ -78,6 +78,9 @@ class Endpoint:
 def serve(endpoint: Endpoint, port: int = 0) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without TCP_NODELAY a kept-alive
+        # client waits ~40 ms for each answer (Nagle against delayed ACKs).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

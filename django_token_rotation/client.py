@@ -19,8 +19,10 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -271,6 +273,50 @@ def revoke_token(
     )
 
 
+# Per-thread HTTP sessions kept while a background run holds keep_alive().
+_keep_alive = threading.local()
+_keep_alive_users = 0
+_keep_alive_guard = threading.Lock()
+
+
+@contextmanager
+def keep_alive() -> Iterator[None]:
+    """Inside, each thread reuses one HTTP session (and its connections to the
+    token endpoint) instead of a new one per request: for background runs over
+    many tokens. Sessions are closed when the last holder leaves, or by the
+    thread that made them (:func:`close_sessions`)."""
+    global _keep_alive_users
+    with _keep_alive_guard:
+        _keep_alive_users += 1
+    try:
+        yield
+    finally:
+        with _keep_alive_guard:
+            _keep_alive_users -= 1
+        close_sessions()
+
+
+def close_sessions() -> None:
+    """Close this thread's kept session, if any."""
+    session = getattr(_keep_alive, "session", None)
+    if session is not None:
+        _keep_alive.session = None
+        session.close()
+
+
+def _session() -> tuple[requests.Session, Any]:
+    """allauth's session (so that a site's proxies, certificates or retries
+    configured on its SocialAccountAdapter apply here too), and how to use it:
+    closed after the request, or kept for the thread under keep_alive()."""
+    if _keep_alive_users <= 0:
+        session = get_adapter().get_requests_session()
+        return session, session
+    session = getattr(_keep_alive, "session", None)
+    if session is None:
+        session = _keep_alive.session = get_adapter().get_requests_session()
+    return session, nullcontext(session)
+
+
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
 def _send(
@@ -297,11 +343,9 @@ def _send(
         raise TokenRefreshUnavailable(
             "No time left of this refresh's deadline.", code="timeout", provider=provider
         )
-    # allauth's session, so that a site's proxies, certificates or retries
-    # configured on its SocialAccountAdapter apply here too.
-    session = get_adapter().get_requests_session()
+    session, scope = _session()
     try:
-        with session:
+        with scope:
             response = session.request(
                 method,
                 endpoint.url,

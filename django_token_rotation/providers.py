@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -244,6 +247,36 @@ def _not_configured(
     )
 
 
+# Resolved endpoints per (database, app, provider id) while a background run
+# holds resolution_cache(): one resolution per app instead of one per token.
+_cache: dict[tuple[Any, ...], client.TokenEndpoint] | None = None
+_cache_users = 0
+_cache_guard = threading.Lock()
+
+
+@contextmanager
+def resolution_cache() -> Iterator[None]:
+    """Resolve each app's endpoint once while inside (all threads share it).
+
+    For background runs over many tokens: allauth builds the provider and reads
+    its ``SocialApp`` for every token otherwise. Web requests are never inside
+    one, so a changed ``SocialApp`` takes effect at once for them, and at the
+    next run for background refreshes.
+    """
+    global _cache, _cache_users
+    with _cache_guard:
+        if _cache_users == 0:
+            _cache = {}
+        _cache_users += 1
+    try:
+        yield
+    finally:
+        with _cache_guard:
+            _cache_users -= 1
+            if _cache_users == 0:
+                _cache = None
+
+
 def resolve(token: SocialToken) -> client.TokenEndpoint:
     """The token endpoint and client credentials that refresh ``token``.
 
@@ -253,6 +286,17 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
     resolve the provider, its app or its token endpoint (a configuration error:
     logged once, the token left alone).
     """
+    cache = _cache
+    if cache is None:
+        return _resolve(token)
+    key = (token._state.db, token.app_id, token.account.provider)
+    endpoint = cache.get(key)
+    if endpoint is None:
+        endpoint = cache[key] = _resolve(token)
+    return endpoint
+
+
+def _resolve(token: SocialToken) -> client.TokenEndpoint:
     provider = get_provider(token)
     provider_key = token.account.provider
     reason = refusal_reason(type(provider))

@@ -110,4 +110,10 @@ def test_background_refreshes_each_token_once(output: str) -> None:
     if "skipped" in background[0]:
         pytest.skip(background[0]["skipped"])
     assert all(r["all_refreshed_once"] for r in background)
-    assert {r["concurrency"] for r in background} == {1, 8, 32}
+    assert all(r["tokens_per_s"] > 0 for r in background)
+    commands = [r for r in background if r["runner"] == "command"]
+    assert {r["concurrency"] for r in commands if r["processes"] == 1} == {1, 8, 32}
+    assert {r["processes"] for r in commands} == {1, 2}
+    celery = [r for r in background if r["celery"]]
+    if celery:  # Redis answered
+        assert {r["processes"] for r in celery} == {1, 2}

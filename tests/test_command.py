@@ -141,7 +141,13 @@ def test_permanent_failure_exits_1_transient_exits_0(
 
 @pytest.mark.django_db
 def test_bad_options_exit_2(make_token: MakeToken) -> None:
-    for args in (["--user", "nobody"], ["--concurrency", "0"], ["--within", "-1"]):
+    for args in (
+        ["--user", "nobody"],
+        ["--concurrency", "0"],
+        ["--processes", "0"],
+        ["--within", "-1"],
+        ["--refresh-within", "-1"],
+    ):
         with pytest.raises(CommandError) as excinfo:
             run(*args)
         assert excinfo.value.returncode == 2
@@ -209,6 +215,17 @@ def test_command_threads_refresh_everything_once(scripted: ScriptedServer, setti
     assert "Refreshed 12," in out, (out, err)
     assert len(scripted.token_requests) == TOKENS
     assert set(SocialToken.objects.values_list("token", flat=True)) == {"new-access"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_processes_refresh_everything_once(scripted: ScriptedServer, settings: Any) -> None:
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    _seed(app)
+    out, err = run("--processes", "2", "--concurrency", "3", "--batch-size", "4")
+    assert "Refreshed 12," in out, (out, err)
+    sent = Counter(r.form["refresh_token"] for r in scripted.token_requests)
+    assert sent == {f"old-refresh-{i}": 1 for i in range(TOKENS)}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,200 @@
+"""``background.refresh_due``: the library function behind ``refresh_tokens`` and the
+tasks - its report, idle refresh tokens, threads and forked processes."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialApp, SocialToken
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_token_rotation import background
+from django_token_rotation.models import RefreshEvent, TokenState
+from tests.conftest import MakeToken
+from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
+from tests.test_command import TOKENS, _seed
+
+pytestmark = pytest.mark.usefixtures("hidden_secrets")
+
+
+def stored(token: SocialToken) -> SocialToken:
+    return SocialToken.objects.get(pk=token.pk)
+
+
+@pytest.mark.django_db
+def test_report_counts_outcomes_and_reasons(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    due = make_token(expires_in=-10)
+    make_token(expires_in=-10, refresh="")
+    make_token(expires_in=3600)
+    seen: list[background.Result] = []
+
+    report = background.refresh_due(on_result=seen.append)
+
+    assert stored(due).token == "new-access"
+    assert report.refreshed == 1
+    assert report.skipped == {"no_refresh_token": 1}
+    assert report.total == 2 == len(seen)
+    assert report.errors == [] and report.failed_permanently == 0
+    assert report.duration > 0
+    assert background.Report.from_dict(report.as_dict()).counts == report.counts
+
+
+@pytest.mark.django_db
+def test_dry_run_reports_due_tokens_and_calls_no_one(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    due = make_token(expires_in=-10)
+    report = background.refresh_due(dry_run=True, within=0)
+    assert report.counts == Counter({background.DUE: 1})
+    assert scripted.received == []
+    assert stored(due).token == "old-access"
+
+
+@pytest.mark.django_db
+def test_failures_are_counted_by_code(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    make_token(expires_in=-10)
+    scripted.script(oauth_error("invalid_grant"))
+    report = background.refresh_due()
+    assert report.failed_permanently == 1
+    assert report.codes[background.FAILED_PERMANENTLY] == {"invalid_grant": 1}
+    # Known now: skipped by the shared decision, the provider is not called again.
+    scripted.received.clear()
+    assert background.refresh_due().skipped == {"sign_in_required": 1}
+    assert scripted.received == []
+
+
+@pytest.mark.django_db
+def test_idle_refresh_tokens_are_kept_alive(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """A fresh access token whose refresh token is about to expire is refreshed: the
+    provider's idle timeout (``refresh_expires_in``) is reset by the new grant."""
+    scripted.script(tokens(refresh_expires_in=1800))
+    idle = make_token(expires_in=3600)
+    lasting = make_token(expires_in=3600)
+    soon = timezone.now() + datetime.timedelta(seconds=30)
+    later = timezone.now() + datetime.timedelta(hours=5)
+    TokenState.objects.create(token=idle, refresh_expires_at=soon)
+    TokenState.objects.create(token=lasting, refresh_expires_at=later)
+
+    report = background.refresh_due()
+
+    assert report.refreshed == 1
+    assert stored(idle).token == "new-access" and stored(lasting).token == "old-access"
+    state = TokenState.objects.get(pk=idle.pk)
+    # The provider's new idle timeout (refresh_expires_in) is stored.
+    assert state.refresh_expires_at is not None
+    assert state.refresh_expires_at > soon + datetime.timedelta(minutes=20)
+    # refresh_within=0: only what has run out; a wider window reaches both.
+    assert background.refresh_due(refresh_within=0).total == 0
+    assert background.refresh_due(refresh_within=6 * 3600).refreshed == 2
+
+
+@pytest.mark.django_db
+def test_selection_by_provider_and_user(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    mine = make_token(expires_in=-10)
+    make_token(expires_in=-10, provider="google")
+    report = background.refresh_due(providers=["fake"], users=[user.pk])
+    assert report.refreshed == 1 and report.total == 1
+    assert stored(mine).token == "new-access"
+
+
+@pytest.mark.django_db
+def test_refresh_ids_skips_what_is_no_longer_due(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """What a retried task does: the second run of the same ids calls no one."""
+    a, b = make_token(expires_in=-10), make_token(expires_in=-10)
+    first = background.refresh_ids([a.pk, b.pk, 999999])
+    assert first.refreshed == 2 and first.skipped == {"not_due": 1}
+    again = background.refresh_ids([a.pk, b.pk])
+    assert again.skipped == {"not_due": 2}
+    assert len(scripted.token_requests) == 2
+
+
+@pytest.mark.django_db
+def test_due_ids_come_in_batches(fake_app: SocialApp, make_token: MakeToken) -> None:
+    made = [make_token(expires_in=-10) for _ in range(5)]
+    make_token(expires_in=-10, refresh="")  # blocked: not handed out
+    batches = list(background.due_ids(background.Selection(), batch_size=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert sorted(pk for b in batches for pk in b) == sorted(t.pk for t in made)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_refresh_everything_once(scripted: ScriptedServer, settings: Any) -> None:
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    scripted.script(Reply(200, tokens().body, delay=0.05))
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    _seed(app)
+    seen: list[int] = []
+
+    report = background.refresh_due(
+        processes=3, concurrency=2, batch_size=2, on_result=lambda r: seen.append(r.token_id)
+    )
+
+    assert report.refreshed == TOKENS, report
+    assert RefreshEvent.objects.count() == TOKENS  # each process wrote its history
+    assert sorted(seen) == sorted(SocialToken.objects.values_list("pk", flat=True))
+    sent = Counter(r.form["refresh_token"] for r in scripted.token_requests)
+    assert sent == {f"old-refresh-{i}": 1 for i in range(TOKENS)}
+    assert set(SocialToken.objects.values_list("token", flat=True)) == {"new-access"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
+    """What one background refresh costs the database, counted in autocommit as a
+    real run (the page reads, shared by up to ``batch_size`` tokens, apart). The
+    provider is resolved once per app and run, not once per token."""
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    settings.TOKEN_ROTATION_HISTORY_RETENTION = 50
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    _seed(app)
+    TokenState.objects.bulk_create(
+        [TokenState(token_id=pk) for pk in SocialToken.objects.values_list("pk", flat=True)]
+    )
+    with CaptureQueriesContext(connection) as queries:
+        report = background.refresh_due()
+    assert report.refreshed == TOKENS
+    statements = [q["sql"] for q in queries.captured_queries]
+    pages = [sql for sql in statements if sql.startswith("SELECT") and "ORDER BY" in sql]
+    apps = [sql for sql in statements if 'FROM "socialaccount_socialapp"' in sql]
+    transaction_control = [sql for sql in statements if sql.split()[0] in ("BEGIN", "COMMIT")]
+    per_refresh = (len(statements) - len(pages) - len(apps)) / TOKENS
+    print(
+        f"\n{per_refresh:.2f} queries per refresh, of which transaction control "
+        f"{len(transaction_control) / TOKENS:.2f}; app reads {len(apps)}; pages {len(pages)}"
+    )
+    assert len(apps) <= 1
+    assert per_refresh <= 7.5  # 7, plus one batched history INSERT (BEGIN, COMMIT) per run
+    # The history is written in batches, all of it.
+    assert RefreshEvent.objects.filter(outcome="refreshed").count() == TOKENS
+
+
+def test_keep_alive_reuses_one_session_per_thread_and_closes_it() -> None:
+    from django_token_rotation import client
+
+    outside = client._session()[0]
+    assert client._session()[0] is not outside  # web requests: a new session each time
+    with client.keep_alive():
+        kept = client._session()[0]
+        assert client._session()[0] is kept
+        other: list[Any] = []
+        thread = threading.Thread(target=lambda: other.append(client._session()[0]))
+        thread.start()
+        thread.join()
+        assert other[0] is not kept
+    assert getattr(client._keep_alive, "session", None) is None
+    assert client._session()[0] is not kept
