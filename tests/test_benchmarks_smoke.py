@@ -94,6 +94,15 @@ def test_the_token_middleware_adds_no_query(output: str) -> None:
     assert queries["naive"] == queries["none"] + 1
 
 
+def test_the_fast_path_table_adds_no_query_with_database_sessions(output: str) -> None:
+    assert "the fresh-token fast path against its floor" in output
+    fastpath = {r["variant"]: r for r in records(output, "fastpath")}
+    assert set(fastpath) == {"bare", "read", "oidc", "ours"}
+    assert all(r["errors"] == 0 and r["us_per_request"] > 0 for r in fastpath.values())
+    assert fastpath["ours"]["queries_per_request"] == fastpath["bare"]["queries_per_request"]
+    assert fastpath["read"]["added_over_floor_us"] == 0
+
+
 def test_one_refresh_per_burst(output: str) -> None:
     ours, naive = (
         next(r for r in records(output, "burst") if r["variant"] == variant)
