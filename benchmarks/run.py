@@ -377,7 +377,7 @@ def _fastpath(
     records: list[dict[str, Any]],
     verdicts: Lines,
 ) -> None:
-    from .fastpath import STACK_LABELS, added, side_by_side
+    from .fastpath import STACK_LABELS, added, alone, side_by_side
 
     results = side_by_side(
         user_id, requests_per_round=args.fastpath_requests, rounds=args.fastpath_rounds
@@ -420,6 +420,12 @@ def _fastpath(
         )
     headers = ["stack", "us/req", "+us (a)", "x (a)", "+us (f)", "x (f)", "queries", "errors"]
     out.append(table(headers, rows))
+    solo = alone(user_id, 2000 if args.quick else 100_000)
+    out.append(
+        "   each middleware alone, per request (session loaded; best of 5 loops): "
+        + ", ".join(f"{STACK_LABELS[name][:3]} {us:.2f} us" for name, us in solo.items())
+    )
+    bench(records, "fastpath_alone", **{f"{name}_us": round(us, 3) for name, us in solo.items()})
     ours_over_floor, _ = added(results, "ours", "read")
     target(
         records,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -77,10 +78,41 @@ def notify(token: Any) -> None:
     if connection.vendor != "postgresql":
         return
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, pk])
+        if not connection.in_atomic_block:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, pk])
+        else:
+            # Sent inside the caller's transaction, NOTIFY would wait for its
+            # commit (the end of an ATOMIC_REQUESTS view): use a connection of our own.
+            _notify_outside(alias, pk)
     except Exception as exc:  # a hint only: the waiters' polling covers it
         logger.debug("NOTIFY for token %s failed (%s); waiters will poll.", pk, type(exc).__name__)
+
+
+_notifiers: dict[str, Any] = {}
+_notifiers_guard = threading.Lock()
+
+
+def _notify_outside(alias: str, pk: str) -> None:
+    with _notifiers_guard:
+        notifier = _notifiers.get(alias)
+        if notifier is None or notifier.closed:
+            notifier = _notifiers[alias] = _connect(alias)
+        try:
+            notifier.execute("SELECT pg_notify(%s, %s)", [CHANNEL, pk])
+        except Exception:
+            _notifiers.pop(alias, None)
+            with contextlib.suppress(Exception):
+                notifier.close()
+            raise
+
+
+def _connect(alias: str) -> Any:
+    """A new autocommit driver connection to ``alias``, outside Django's management."""
+    wrapper: Any = connections.create_connection(alias)
+    connection = wrapper.Database.connect(**wrapper.get_connection_params())
+    connection.autocommit = True
+    return connection
 
 
 def wait(token: Any, since: int, timeout: float) -> bool:
@@ -150,10 +182,7 @@ class _Listener(threading.Thread):
             pause = min(pause * 2, RECONNECT_MAX)
 
     def _listen(self) -> None:
-        wrapper: Any = connections.create_connection(self.alias)
-        params = wrapper.get_connection_params()
-        self.connection = wrapper.Database.connect(**params)
-        self.connection.autocommit = True
+        self.connection = _connect(self.alias)
         self.connection.execute(f'LISTEN "{CHANNEL}"')
         self.connected.set()
         while not self.stopping.is_set():
@@ -181,8 +210,27 @@ def _reset() -> None:
             if listener is not None:
                 listener.stop()
         _listeners.clear()
+    with _notifiers_guard:
+        for notifier in _notifiers.values():
+            with contextlib.suppress(Exception):
+                notifier.close()
+        _notifiers.clear()
     with _changed:
         _versions.clear()
+
+
+def _after_fork_in_child() -> None:
+    # The listening thread does not survive a fork (a prefork server or Celery
+    # worker started after a wait): the child starts its own on its first wait.
+    global _changed, _listeners_guard, _notifiers_guard
+    _changed = threading.Condition()
+    _listeners_guard = threading.Lock()
+    _notifiers_guard = threading.Lock()
+    _listeners.clear()
+    _notifiers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wait_until_listening(alias: str, timeout: float) -> bool:

@@ -8,6 +8,7 @@ which only a wake-up can do before that timeout.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from django_token_rotation import wakeup
 from tests.test_concurrency import ALIASES, ROOT, worker_env
@@ -69,7 +70,8 @@ def test_other_databases_than_postgresql_poll(db: None) -> None:
 @pytest.mark.postgres
 @pytest.mark.timeout(120)
 @pytest.mark.django_db(transaction=True, databases=ALIASES)
-def test_a_waiter_in_another_process_is_woken_by_notify() -> None:
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "atomic"])
+def test_a_waiter_in_another_process_is_woken_by_notify(in_transaction: bool) -> None:
     worker = subprocess.Popen(
         [sys.executable, "-m", "tests.wakeup_worker", "--token-id=4242", f"--timeout={NEVER}"],
         cwd=ROOT,
@@ -81,8 +83,14 @@ def test_a_waiter_in_another_process_is_woken_by_notify() -> None:
     try:
         assert worker.stdout is not None
         assert worker.stdout.readline().strip() == "listening"
-        wakeup.notify(token(4242, "postgres"))
-        out, err = worker.communicate(timeout=60)
+        if in_transaction:
+            # The caller's open transaction (ATOMIC_REQUESTS) does not hold the wake-up back.
+            with transaction.atomic(using="postgres"):
+                wakeup.notify(token(4242, "postgres"))
+                out, err = worker.communicate(timeout=60)
+        else:
+            wakeup.notify(token(4242, "postgres"))
+            out, err = worker.communicate(timeout=60)
     finally:
         worker.kill()
     assert worker.returncode == 0, err[-3000:]
@@ -118,3 +126,14 @@ def test_the_listener_survives_the_loss_of_its_connection() -> None:
             break
     else:
         pytest.fail("the listener did not reconnect")
+
+
+def test_a_forked_child_starts_its_own_listener() -> None:
+    wakeup._listeners["somewhere"] = None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing inherited
+        os.write(write, b"clean" if not wakeup._listeners else b"inherited")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 20) == b"clean"
