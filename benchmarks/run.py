@@ -491,6 +491,7 @@ def _burst(
                 str(errors),
                 fmt(result.p50_ms(), 0),
                 fmt(result.p99_ms(), 0),
+                fmt(result.p99_ms() - control_p99, 0) if expire else "-",
                 fmt(result.max_p99_ms(), 0),
             ]
         )
@@ -507,6 +508,7 @@ def _burst(
             errors=errors,
             p50_ms=round(result.p50_ms(), 1),
             p99_ms=round(result.p99_ms(), 1),
+            p99_added_over_control_ms=round(result.p99_ms() - control_p99, 1) if expire else 0.0,
             max_p99_ms=round(result.max_p99_ms(), 1),
         )
         if variant == "ours" and expire:
@@ -549,6 +551,7 @@ def _burst(
         "errors",
         "p50 ms",
         "p99 ms",
+        "p99 added",
         "worst p99",
     ]
     out.append(table(headers, rows))
