@@ -62,9 +62,10 @@ def test_prints_the_three_tables(output: str) -> None:
     ):
         assert heading in output
     tables = output.split("BENCH ", 1)[0]
-    assert tables.count("(a) no token middleware") == 2  # in process, over HTTP
-    assert tables.count("(b) naive") == 3  # ... and the burst
-    assert tables.count("(c) TokenRefreshMiddleware") == 3
+    # in process, the fast path (database sessions), over HTTP
+    assert tables.count("(a) no token middleware") == 3
+    assert tables.count("(b) naive") == 3  # in process, over HTTP, the burst
+    assert tables.count("(c) TokenRefreshMiddleware") == 4  # all four tables
 
 
 def test_machine_readable_lines(output: str) -> None:
