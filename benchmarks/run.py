@@ -28,6 +28,8 @@ FULL: dict[str, Any] = {
     "rounds": 7,
     "inprocess_rounds": 30,
     "inprocess_requests": 300,
+    "fastpath_rounds": 7,
+    "fastpath_requests": 2000,
     "http_workers": 3,
     "http_clients": 6,
     "http_seconds": 2.0,
@@ -42,6 +44,8 @@ QUICK: dict[str, Any] = {
     "rounds": 2,
     "inprocess_rounds": 3,
     "inprocess_requests": 50,
+    "fastpath_rounds": 2,
+    "fastpath_requests": 100,
     "http_workers": 1,
     "http_clients": 2,
     "http_seconds": 0.3,
@@ -62,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="Interleaved rounds of benchmark 1, HTTP.")
     parser.add_argument("--inprocess-rounds", type=int, help="... in process.")
     parser.add_argument("--inprocess-requests", type=int, help="Requests per stack per round.")
+    parser.add_argument("--fastpath-rounds", type=int, help="Interleaved rounds, fast path.")
+    parser.add_argument("--fastpath-requests", type=int, help="... requests per stack per round.")
     parser.add_argument("--http-workers", type=int, help="gunicorn sync workers per stack.")
     parser.add_argument("--http-clients", type=int, help="Concurrent HTTP clients.")
     parser.add_argument("--http-seconds", type=float, help="Seconds per stack per round.")
@@ -89,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--command-latency", type=float, default=0.02, help="Token endpoint (s).")
     parser.add_argument("--command-rounds", type=int, help=f"Rounds for <= {ROUNDS_UP_TO} tokens.")
     parser.add_argument(
-        "--only", choices=["overhead", "burst", "background"], action="append", help="Repeatable."
+        "--only",
+        choices=["overhead", "fastpath", "burst", "background"],
+        action="append",
+        help="Repeatable; fastpath is the second table of overhead, alone.",
     )
     parser.add_argument(
         "--pg-name",
@@ -261,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if "overhead" in sections:
                 _overhead(args, env, out, records, verdicts)
+            elif "fastpath" in sections:
+                from .common import make_tokens
+
+                users = make_tokens(1, expires_in=24 * 3600, prefix="fast-", with_state=False)
+                _fastpath(args, users[0], out, records, verdicts)
             if "burst" in sections:
                 _burst(args, env, endpoint, out, records, verdicts)
             if "background" in sections:
@@ -323,6 +337,7 @@ def _overhead(
         ours_us=round(alone["ours"], 2),
         ours_share_of_request=round(share, 4),
     )
+    _fastpath(args, users[0], out, records, verdicts)
     q = {v: results[v].queries for v in VARIANTS}
     target(
         records,
@@ -367,6 +382,83 @@ def _overhead(
         f"(c) beats (b): req/s ratio to (a) in process {r_in['ours']['rps']:.3f} vs "
         f"{r_in['naive']['rps']:.3f}, over HTTP {r_http['ours']['rps']:.3f} vs "
         f"{r_http['naive']['rps']:.3f}",
+    )
+
+
+def _fastpath(
+    args: argparse.Namespace,
+    user_id: int,
+    out: Lines,
+    records: list[dict[str, Any]],
+    verdicts: Lines,
+) -> None:
+    from .fastpath import STACK_LABELS, added, alone, side_by_side
+
+    results = side_by_side(
+        user_id, requests_per_round=args.fastpath_requests, rounds=args.fastpath_rounds
+    )
+    out.append("")
+    out.append(
+        f"   the fresh-token fast path against its floor (Django test client, database "
+        f"sessions, {args.fastpath_rounds} rounds of {args.fastpath_requests} requests per "
+        "stack taking turns in blocks of 100; a round's figure is its median request; "
+        "+us and x: medians of same-round differences and ratios)"
+    )
+    rows = []
+    for name, stack in results.items():
+        over_bare, x_bare = added(results, name, "bare")
+        over_floor, x_floor = added(results, name, "read")
+        rows.append(
+            [
+                STACK_LABELS[name],
+                fmt(stack.us(), 1),
+                fmt(over_bare, 1),
+                fmt(x_bare, 4),
+                fmt(over_floor, 1),
+                fmt(x_floor, 4),
+                str(stack.queries),
+                str(stack.errors),
+            ]
+        )
+        bench(
+            records,
+            "fastpath",
+            variant=name,
+            us_per_request=round(stack.us(), 2),
+            added_us=round(over_bare, 2),
+            ratio=round(x_bare, 5),
+            added_over_floor_us=round(over_floor, 2),
+            ratio_to_floor=round(x_floor, 5),
+            queries_per_request=stack.queries,
+            errors=stack.errors,
+            rounds=len(stack.per_request),
+        )
+    headers = ["stack", "us/req", "+us (a)", "x (a)", "+us (f)", "x (f)", "queries", "errors"]
+    out.append(table(headers, rows))
+    solo = alone(user_id, 2000 if args.quick else 100_000)
+    out.append(
+        "   each middleware alone, per request (session loaded; best of 5 loops): "
+        + ", ".join(f"{STACK_LABELS[name][:3]} {us:.2f} us" for name, us in solo.items())
+    )
+    bench(records, "fastpath_alone", **{f"{name}_us": round(us, 3) for name, us in solo.items()})
+    ours_over_floor, _ = added(results, "ours", "read")
+    target(
+        records,
+        verdicts,
+        "fastpath.queries",
+        results["ours"].queries == results["bare"].queries,
+        f"fast path adds 0 queries (database sessions): (a) {results['bare'].queries}, "
+        f"(c) {results['ours'].queries}",
+    )
+    target(
+        records,
+        verdicts,
+        "fastpath.floor",
+        solo["ours"] - solo["read"] <= 3,
+        f"fast path within 3 us of the one-session-read floor, middleware alone: (c) "
+        f"{solo['ours']:.2f} us - (f) {solo['read']:.2f} us = "
+        f"{solo['ours'] - solo['read']:+.2f} us (whole requests: {ours_over_floor:+.1f} us, "
+        "within this machine's noise)",
     )
 
 
@@ -416,6 +508,7 @@ def _burst(
                 str(errors),
                 fmt(result.p50_ms(), 0),
                 fmt(result.p99_ms(), 0),
+                fmt(result.p99_ms() - control_p99, 0) if expire else "-",
                 fmt(result.max_p99_ms(), 0),
             ]
         )
@@ -432,6 +525,7 @@ def _burst(
             errors=errors,
             p50_ms=round(result.p50_ms(), 1),
             p99_ms=round(result.p99_ms(), 1),
+            p99_added_over_control_ms=round(result.p99_ms() - control_p99, 1) if expire else 0.0,
             max_p99_ms=round(result.max_p99_ms(), 1),
         )
         if variant == "ours" and expire:
@@ -474,6 +568,7 @@ def _burst(
         "errors",
         "p50 ms",
         "p99 ms",
+        "p99 added",
         "worst p99",
     ]
     out.append(table(headers, rows))

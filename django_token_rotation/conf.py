@@ -1,7 +1,11 @@
 """Every ``TOKEN_ROTATION_*`` setting, read on each access.
 
 Reading through properties (instead of copying values at import time) means
-``override_settings`` just works and nothing needs reloading.
+``override_settings`` just works and nothing needs reloading. The one setting
+read on every request (``EXEMPT_PATHS``) is kept compiled until Django's
+``setting_changed`` signal (sent by ``override_settings``) says it changed:
+reading an unset setting from ``django.conf.settings`` costs an exception, a
+few microseconds the middleware's fast path cannot afford.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 
 class Settings:
     prefix = "TOKEN_ROTATION_"
+
+    def __init__(self) -> None:
+        self._exempt_paths: tuple[re.Pattern[str], ...] | None = None
 
     def _get(self, name: str, default: Any) -> Any:
         return getattr(settings, self.prefix + name, default)
@@ -170,11 +178,17 @@ class Settings:
 
     @property
     def EXEMPT_PATHS(self) -> tuple[re.Pattern[str], ...]:
-        """Regular expressions of paths (``request.path_info``) the middleware ignores."""
-        value = self._get("EXEMPT_PATHS", ())
-        if isinstance(value, str):
-            raise ImproperlyConfigured(f"{self.prefix}EXEMPT_PATHS must be a list of patterns.")
-        return tuple(_compiled(pattern) for pattern in value)
+        """Regular expressions of paths (``request.path_info``) the middleware ignores.
+
+        Read on every request: kept compiled until ``setting_changed``.
+        """
+        cached = self._exempt_paths
+        if cached is None:
+            value = self._get("EXEMPT_PATHS", ())
+            if isinstance(value, str):
+                raise ImproperlyConfigured(f"{self.prefix}EXEMPT_PATHS must be a list of patterns.")
+            cached = self._exempt_paths = tuple(_compiled(pattern) for pattern in value)
+        return cached
 
     @property
     def REDIRECT_ON_ERROR(self) -> bool:
@@ -188,6 +202,14 @@ class Settings:
         before looking at the database again (new tokens, errors seen elsewhere)."""
         return self._number("SESSION_RECHECK", 300, minimum=1)
 
+    @property
+    def ERROR_RECHECK(self) -> float:
+        """Longest time (seconds) a session showing ``RefreshAccessTokenError`` trusts
+        it before looking at the database again, so that a sign-in on another device
+        or an admin's "clear error" reaches every session of the user. Only sessions
+        that carry the error pay for it (one look at the database per period)."""
+        return self._number("ERROR_RECHECK", 15, minimum=1)
+
 
 @functools.lru_cache(maxsize=64)
 def _compiled(pattern: str) -> re.Pattern[str]:
@@ -195,3 +217,13 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 app_settings = Settings()
+
+
+def _forget_cached(*, setting: str, **kwargs: Any) -> None:
+    if setting == Settings.prefix + "EXEMPT_PATHS":
+        app_settings._exempt_paths = None
+
+
+# Connected here rather than in ready(): the cache lives in this module, and the
+# signal must reach it even in code that runs before the app registry is ready.
+setting_changed.connect(_forget_cached, dispatch_uid="token_rotation.conf_cache")

@@ -50,19 +50,14 @@ class TokenSession:
         return bool(self.error)
 
 
+USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"
+
+
 def auth_user_id(request: HttpRequest) -> str | None:
     session = getattr(request, "session", None)
     if session is None:
         return None
     value = session.get(AUTH_USER_KEY)
-    return None if value is None else str(value)
-
-
-async def aauth_user_id(request: HttpRequest) -> str | None:
-    session = getattr(request, "session", None)
-    if session is None:
-        return None
-    value = await session.aget(AUTH_USER_KEY)
     return None if value is None else str(value)
 
 
@@ -72,13 +67,47 @@ def summary(request: HttpRequest) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-async def asummary(request: HttpRequest) -> dict[str, Any] | None:
+# The fast path: every request of a signed-in user goes through one of these two.
+# They are written for speed (two session reads, no other call): profiling showed
+# that each helper call and setting read costs about as much as a session read.
+
+
+def lookup(request: HttpRequest, now: float) -> tuple[str | None, dict[str, Any] | None]:
+    """The session's user id, and its summary if it can be trusted ``now``.
+
+    ``(None, None)``: nobody is signed in. ``(user_id, None)``: the database
+    must be looked at (no summary, another user's, or its check time passed).
+    """
     session = getattr(request, "session", None)
-    value = await session.aget(KEY) if session is not None else None
-    return value if isinstance(value, dict) else None
+    if session is None:
+        return None, None
+    user_id = session.get(AUTH_USER_KEY)
+    if user_id is None:
+        return None, None
+    user_id = str(user_id)
+    value = session.get(KEY)
+    if type(value) is dict and value.get(USER) == user_id:
+        check_at = value.get(CHECK_AT)
+        if type(check_at) is int and now < check_at:
+            return user_id, value
+    return user_id, None
 
 
-USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"
+async def alookup(request: HttpRequest, now: float) -> tuple[str | None, dict[str, Any] | None]:
+    """:func:`lookup` for async code (the session may load from the database)."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return None, None
+    user_id = await session.aget(AUTH_USER_KEY)
+    if user_id is None:
+        return None, None
+    user_id = str(user_id)
+    value = await session.aget(KEY)
+    if type(value) is dict and value.get(USER) == user_id:
+        check_at = value.get(CHECK_AT)
+        if type(check_at) is int and now < check_at:
+            return user_id, value
+    return user_id, None
 
 
 def build(
@@ -94,14 +123,6 @@ def build(
     if error is not None:
         value[ERROR] = error
     return value
-
-
-def is_current(value: dict[str, Any] | None, user_id: str | None, now: float) -> bool:
-    """Whether the summary can be trusted for this request without the database."""
-    if value is None or user_id is None or value.get(USER) != user_id:
-        return False
-    check_at = value.get(CHECK_AT)
-    return isinstance(check_at, (int, float)) and now < check_at
 
 
 def store(request: HttpRequest, value: dict[str, Any]) -> None:

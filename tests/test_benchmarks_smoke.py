@@ -62,9 +62,10 @@ def test_prints_the_three_tables(output: str) -> None:
     ):
         assert heading in output
     tables = output.split("BENCH ", 1)[0]
-    assert tables.count("(a) no token middleware") == 2  # in process, over HTTP
-    assert tables.count("(b) naive") == 3  # ... and the burst
-    assert tables.count("(c) TokenRefreshMiddleware") == 3
+    # in process, the fast path (database sessions), over HTTP
+    assert tables.count("(a) no token middleware") == 3
+    assert tables.count("(b) naive") == 3  # in process, over HTTP, the burst
+    assert tables.count("(c) TokenRefreshMiddleware") == 4  # all four tables
 
 
 def test_machine_readable_lines(output: str) -> None:
@@ -92,6 +93,15 @@ def test_the_token_middleware_adds_no_query(output: str) -> None:
     }
     assert queries["ours"] == queries["none"]
     assert queries["naive"] == queries["none"] + 1
+
+
+def test_the_fast_path_table_adds_no_query_with_database_sessions(output: str) -> None:
+    assert "the fresh-token fast path against its floor" in output
+    fastpath = {r["variant"]: r for r in records(output, "fastpath")}
+    assert set(fastpath) == {"bare", "read", "oidc", "ours"}
+    assert all(r["errors"] == 0 and r["us_per_request"] > 0 for r in fastpath.values())
+    assert fastpath["ours"]["queries_per_request"] == fastpath["bare"]["queries_per_request"]
+    assert fastpath["read"]["added_over_floor_us"] == 0
 
 
 def test_one_refresh_per_burst(output: str) -> None:

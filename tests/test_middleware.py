@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
+from collections.abc import Callable
 from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,11 +22,13 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR
+from django_token_rotation import middleware as middleware_module
 from django_token_rotation import session as token_session
+from django_token_rotation.conf import app_settings
 from django_token_rotation.middleware import TokenRefreshMiddleware
 from django_token_rotation.models import TokenState
 from tests.conftest import MakeToken
-from tests.scripted_server import Reply, ScriptedServer, oauth_error
+from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.django_db
 
@@ -159,6 +164,16 @@ def test_exempt_paths(
     assert scripted.token_requests == []
     signed_in.get("/api/")
     assert len(scripted.token_requests) == 1
+
+
+def test_exempt_paths_follow_setting_changes(settings: Any) -> None:
+    # Kept compiled between requests, forgotten on ``setting_changed``.
+    settings.TOKEN_ROTATION_EXEMPT_PATHS = [r"^/a/"]
+    assert [p.pattern for p in app_settings.EXEMPT_PATHS] == [r"^/a/"]
+    settings.TOKEN_ROTATION_EXEMPT_PATHS = [r"^/b/", r"^/c/"]
+    assert [p.pattern for p in app_settings.EXEMPT_PATHS] == [r"^/b/", r"^/c/"]
+    settings.TOKEN_ROTATION_EXEMPT_PATHS = []
+    assert app_settings.EXEMPT_PATHS == ()
 
 
 def test_providers_setting_limits_what_is_refreshed(
@@ -323,6 +338,121 @@ def test_signing_in_again_clears_the_error(
     assert error_in(response) == ""
     assert "token-rotation-reauth" not in response.content.decode()
     assert not TokenState.objects.get().needs_reauth
+
+
+# -- the user's other sessions follow a re-sign-in or a cleared error ----------------
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Moves the middleware's clock (what session summaries are compared with) forward."""
+    offset = [0.0]
+    monkeypatch.setattr(
+        middleware_module, "time", SimpleNamespace(time=lambda: time.time() + offset[0])
+    )
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance
+
+
+def sign_in_again_on(client: Client, token: SocialToken) -> None:
+    """What allauth does when the user signs in through the provider on ``client``'s
+    device: it saves the new tokens on the same row and logs the session in."""
+    token.token, token.token_secret = "relogin-access", "relogin-refresh"
+    token.expires_at = timezone.now() + datetime.timedelta(hours=1)
+    token.save()
+    request = HttpRequest()
+    engine = import_module(django_settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(client.session.session_key)
+    user = token.account.user
+    user_logged_in.send(sender=type(user), request=request, user=user)
+    request.session.save()
+
+
+def test_a_sign_in_on_another_device_reaches_every_session_within_15_s(
+    user: Any, revoked: SocialToken, scripted: ScriptedServer, clock: Callable[[float], None]
+) -> None:
+    assert app_settings.ERROR_RECHECK == 15
+    phone, laptop = Client(), Client()
+    phone.force_login(user)
+    laptop.force_login(user)
+    assert error_in(phone.get("/page/")) == REFRESH_ACCESS_TOKEN_ERROR
+    assert error_in(laptop.get("/page/")) == REFRESH_ACCESS_TOKEN_ERROR
+
+    sign_in_again_on(phone, revoked)
+    assert error_in(phone.get("/page/")) == ""  # the device that signed in: at once
+    clock(14)
+    assert error_in(laptop.get("/page/")) == REFRESH_ACCESS_TOKEN_ERROR  # trusted a while
+    clock(2)
+    assert error_in(laptop.get("/page/")) == ""
+    assert "token-rotation-reauth" not in laptop.get("/page/").content.decode()
+    assert len(scripted.token_requests) == 1  # only the refusal: nothing was due since
+
+
+def test_an_admin_clear_error_reaches_every_session_within_15_s(
+    user: Any,
+    revoked: SocialToken,
+    scripted: ScriptedServer,
+    admin_client: Client,
+    clock: Callable[[float], None],
+) -> None:
+    laptop = Client()
+    laptop.force_login(user)
+    assert error_in(laptop.get("/page/")) == REFRESH_ACCESS_TOKEN_ERROR
+    assert len(scripted.token_requests) == 1
+
+    # The provider works again for this grant; an admin clears the recorded error.
+    scripted.script(tokens())
+    admin_client.post(
+        "/admin/socialaccount/socialtoken/",
+        {"action": "clear_error", "_selected_action": [revoked.pk]},
+    )
+    assert not TokenState.objects.get(token=revoked).needs_reauth
+    clock(app_settings.ERROR_RECHECK + 1)
+    assert error_in(laptop.get("/page/")) == ""
+    assert len(scripted.token_requests) == 1  # the first request after the clear refreshed
+    revoked.refresh_from_db()
+    assert revoked.token == "new-access"
+
+
+def test_only_sessions_showing_an_error_look_again_early(
+    signed_in: Client,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    clock: Callable[[float], None],
+) -> None:
+    make_token(expires_in=3600)
+    signed_in.get("/page/")
+    summary = summary_of(signed_in)
+    assert summary is not None and token_session.ERROR not in summary
+    # A fresh session trusts its summary until the token is due or SESSION_RECHECK.
+    assert summary[token_session.CHECK_AT] >= time.time() + app_settings.SESSION_RECHECK - 2
+    clock(app_settings.ERROR_RECHECK + 1)
+    with CaptureQueriesContext(connection) as queries:
+        signed_in.get("/page/")
+    settings_queries = len(queries.captured_queries)
+    with CaptureQueriesContext(connection) as again:
+        signed_in.get("/page/")
+    assert settings_queries == len(again.captured_queries)  # no look at the tokens
+    assert not any("socialtoken" in q["sql"] for q in queries.captured_queries)
+
+
+def test_an_error_session_looks_again_at_most_every_15_s(
+    signed_in: Client, revoked: SocialToken, scripted: ScriptedServer
+) -> None:
+    before = time.time()
+    signed_in.get("/page/")
+    summary = summary_of(signed_in)
+    assert summary is not None and token_session.ERROR in summary
+    assert summary[token_session.CHECK_AT] <= before + app_settings.ERROR_RECHECK + 1
+    # Between two looks, the error is answered from the session: no token query.
+    with CaptureQueriesContext(connection) as queries:
+        assert error_in(signed_in.get("/page/")) == REFRESH_ACCESS_TOKEN_ERROR
+    assert not any("socialtoken" in q["sql"] for q in queries.captured_queries)
+    assert len(scripted.token_requests) == 1
 
 
 def test_logout_clears_the_error(signed_in: Client, revoked: SocialToken, user: Any) -> None:
