@@ -137,6 +137,11 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "jwks_unavailable": (False, "the provider's signing keys (JWKS) could not be fetched"),
     "refresh_in_progress": (False, "another worker is refreshing and did not finish in time"),
     "backoff": (False, "an earlier attempt failed; waiting before the next one"),
+    "in_transaction": (
+        False,
+        "the refresh could not be made safely inside the caller's open transaction",
+    ),
+    "lease_expired": (False, "the lease ran out before the refresh token was sent; nothing sent"),
     "database_error": (False, "the database failed while the refresh was stored"),
     "internal_error": (False, "an unexpected error (a bug); logged by type and place"),
     "unavailable": (False, "the provider is unavailable (no detail known)"),
