@@ -326,7 +326,7 @@ class RefreshEvent(models.Model):
         indexes = [models.Index(fields=["token", "-at"], name="token_rotation_event_token_at")]
 
     def __str__(self) -> str:
-        return f"{self.outcome} of token {self.token_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.get_outcome_display()}: token {self.token_id}, {self.at:%Y-%m-%d %H:%M:%S}"
 
     def __repr__(self) -> str:
         return (

@@ -476,9 +476,11 @@ def test_token_page_error_and_history_are_readable(admin_client: Client, make_to
     now = timezone.now()
     # A time without an error (a recovered failure) shows no error.
     TokenState.objects.create(token=token, last_error="", last_error_at=now)
-    RefreshEvent.objects.create(
+    event = RefreshEvent.objects.create(
         token=token, at=now, outcome=RefreshEvent.Outcome.FAILED_PERMANENT, error_code="x_code"
     )
+    # Its caption elsewhere (shell, other admins, logs of third-party apps) reads too.
+    assert str(event) == f"failed, sign-in required: token {token.pk}, {now:%Y-%m-%d %H:%M:%S}"
     body = admin_client.get(f"/admin/socialaccount/socialtoken/{token.pk}/change/").content
     text = body.decode()
     assert f"of token {token.pk}" not in text  # no raw str() captions in the history

@@ -199,3 +199,31 @@ def test_django_tasks_sweep(
     assert result.return_value["tokens"] == 3 and result.return_value["batches"] == 2
     assert {SocialToken.objects.get(pk=t.pk).token for t in made} == {"new-access"}
     assert len(scripted.token_requests) == 3
+
+
+@pytest.mark.django_db
+def test_celery_tasks_in_process(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """The Celery tasks run in this process, as with ``CELERY_TASK_ALWAYS_EAGER`` (a
+    development setting): the sweep fans the due tokens out in batches, each batch
+    refreshes its tokens, and the same batch delivered again sends nothing."""
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        _need(False, "Celery is not installed (pip install -e '.[test]')")
+    conf = tasks.refresh_due_tokens.app.conf
+    eager, conf.task_always_eager = conf.task_always_eager, True
+    try:
+        made = [make_token(expires_in=-10) for _ in range(3)]
+        # One thread: worker threads would not see this test's open transaction.
+        fanned = tasks.refresh_due_tokens.apply(kwargs={"batch_size": 2, "concurrency": 1}).get()
+        assert fanned["tokens"] == 3 and fanned["batches"] == 2 and len(fanned["ids"]) == 2
+        assert {SocialToken.objects.get(pk=t.pk).token for t in made} == {"new-access"}
+        assert len(scripted.token_requests) == 3
+
+        again = tasks.refresh_token_batch.apply(args=([t.pk for t in made],)).get()
+        assert background.Report.from_dict(again).skipped == {"not_due": 3}
+        assert len(scripted.token_requests) == 3
+    finally:
+        conf.task_always_eager = eager
