@@ -196,24 +196,33 @@ def _authenticate(endpoint: TokenEndpoint, data: dict[str, str]) -> requests.aut
     return None
 
 
-def fetch_json(url: str, *, provider: str, timeout: float | None = None) -> dict[str, Any]:
-    """GET a JSON document (an OpenID Connect discovery document) under the same caps."""
+def fetch_json(
+    url: str,
+    *,
+    provider: str,
+    timeout: float | None = None,
+    what: str = "the discovery document",
+    code: str = "discovery_failed",
+) -> dict[str, Any]:
+    """GET a JSON document (a discovery document, a JWKS) under the same caps.
+
+    The same deadline, body-size cap and whole-answer timeout as the token call.
+    A transport failure is :class:`TokenRefreshUnavailable` with its own code
+    (``timeout``, ``connection_error``...); an answer that is not a JSON object,
+    with ``code``.
+    """
     endpoint = TokenEndpoint(url=url, client_id="", client_secret="", provider=provider)
     status, content_type, body, _headers = _send(
         endpoint, "GET", headers={"Accept": "application/json"}, timeout=timeout
     )
     if status != 200:
         raise TokenRefreshUnavailable(
-            f"Fetching the discovery document answered HTTP {status}.",
-            code="discovery_failed",
-            provider=provider,
+            f"Fetching {what} answered HTTP {status}.", code=code, provider=provider
         )
     document = _decode_json(body)
     if not isinstance(document, dict):
         raise TokenRefreshUnavailable(
-            "The discovery document is not a JSON object.",
-            code="discovery_failed",
-            provider=provider,
+            f"{what[0].upper()}{what[1:]} is not a JSON object.", code=code, provider=provider
         )
     return document
 

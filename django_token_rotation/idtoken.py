@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import jwt
@@ -25,22 +26,70 @@ security_log = logging.getLogger("django_token_rotation.security")
 #: (HS256) or not at all ("none") is not accepted on refresh.
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 
-_jwks_clients: dict[str, jwt.PyJWKClient] = {}
-_jwks_lock = threading.Lock()
+#: Each JWKS URI's keys, when they were fetched and when an unknown ``kid`` last
+#: made us fetch them again (``time.monotonic()``).
+_key_sets: dict[str, tuple[jwt.PyJWKSet, float, float]] = {}
+_key_sets_lock = threading.Lock()
+#: An unknown ``kid`` fetches the keys again (the provider rotated its keys), at
+#: most once per this many seconds per URI: forged ``kid`` values cannot turn
+#: refreshes into a stream of requests to the provider.
+REFETCH_INTERVAL = 60.0
 
 
-def _jwks_client(uri: str) -> jwt.PyJWKClient:
-    with _jwks_lock:
-        jwks = _jwks_clients.get(uri)
-        if jwks is None:
-            jwks = jwt.PyJWKClient(
-                uri,
-                cache_keys=True,
-                lifespan=app_settings.DISCOVERY_CACHE_SECONDS,
-                timeout=app_settings.TIMEOUT,
-            )
-            _jwks_clients[uri] = jwks
-        return jwks
+def _key_set(uri: str, provider: str, *, refetch: bool = False) -> jwt.PyJWKSet:
+    """The provider's signing keys, cached ``DISCOVERY_CACHE_SECONDS``.
+
+    Fetched with :func:`client.fetch_json`: the refresh's deadline bounds the
+    whole answer (a JWKS endpoint that drips its body cannot hold a request), and
+    the body-size cap applies.
+    """
+    now = time.monotonic()
+    refetched = -REFETCH_INTERVAL
+    with _key_sets_lock:
+        cached = _key_sets.get(uri)
+    if cached is not None:
+        keys, fetched, refetched = cached
+        fresh = now - fetched < app_settings.DISCOVERY_CACHE_SECONDS
+        if fresh and (not refetch or now - refetched < REFETCH_INTERVAL):
+            return keys
+    if refetch:
+        refetched = now
+    try:
+        document = client.fetch_json(
+            uri, provider=provider, what="the signing keys (JWKS)", code="jwks_unavailable"
+        )
+        keys = jwt.PyJWKSet.from_dict(document)
+    except TokenRefreshUnavailable as exc:
+        raise TokenRefreshUnavailable(
+            f"The provider's signing keys (JWKS) could not be fetched ({exc.code}).",
+            code="jwks_unavailable",
+            provider=provider,
+        ) from None
+    except jwt.PyJWKSetError:
+        raise TokenRefreshUnavailable(
+            "The provider's signing keys (JWKS) hold no usable key.",
+            code="jwks_unavailable",
+            provider=provider,
+        ) from None
+    with _key_sets_lock:
+        _key_sets[uri] = (keys, now, refetched)
+    return keys
+
+
+def _signing_key(uri: str, provider: str, id_token: str) -> jwt.PyJWK:
+    """The key of ``id_token``'s ``kid`` (the only key when it names none)."""
+    kid = jwt.get_unverified_header(id_token).get("kid")
+    keys = _key_set(uri, provider)
+    for attempt in range(2):
+        usable = [key for key in keys.keys if key.public_key_use in (None, "sig")]
+        if kid is None and len(usable) == 1:
+            return usable[0]
+        for key in usable:
+            if kid is not None and key.key_id == kid:
+                return key
+        if attempt == 0:
+            keys = _key_set(uri, provider, refetch=True)
+    raise jwt.PyJWKClientError(f"no signing key for kid {kid!r}")
 
 
 class IdTokenRejected(ReauthenticationRequired):
@@ -79,18 +128,12 @@ def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) 
             provider=provider,
             token_id=token.pk,
         )
-    jwks = _jwks_client(endpoint.jwks_uri)
-    # The fetch (when the keys are not cached) stays within the refresh's deadline.
-    jwks.timeout = app_settings.TIMEOUT if left is None else min(left, app_settings.TIMEOUT)
     try:
-        key = jwks.get_signing_key_from_jwt(id_token)
-    except jwt.PyJWKClientConnectionError:
-        raise TokenRefreshUnavailable(
-            "The provider's signing keys (JWKS) could not be fetched.",
-            code="jwks_unavailable",
-            provider=provider,
-            token_id=token.pk,
-        ) from None
+        with client.deadline(app_settings.TIMEOUT):  # within the refresh's, if one runs
+            key = _signing_key(endpoint.jwks_uri, provider, id_token)
+    except TokenRefreshUnavailable as exc:
+        exc.token_id = token.pk
+        raise
     except (jwt.PyJWKClientError, jwt.PyJWTError) as exc:
         raise _rejected(token, provider, f"no usable signing key ({type(exc).__name__})") from None
     try:

@@ -127,3 +127,55 @@ def test_providers_without_discovery_skip_the_check(
     make_token()
     scripted.script(tokens(id_token="not-even-a-jwt"))
     assert get_access_token(user, "fake") == "new-access"
+
+
+def test_a_dripping_jwks_endpoint_is_cut_at_the_refresh_deadline(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any, settings: Any
+) -> None:
+    """The keys come through the same transport as the token call: the whole answer
+    must arrive within the refresh's deadline, not each byte within the timeout."""
+    settings.TOKEN_ROTATION_TIMEOUT = 1
+    # ~1.5 kB at one byte per 20 ms: 30 s if each read only had to beat the timeout.
+    scripted.static["/jwks"] = Reply(200, jwks(), drip=0.02)
+    scripted.script(tokens(id_token=id_token(scripted)))
+    started = time.monotonic()
+    assert get_access_token(user, "scripted") == "new-access"
+    took = time.monotonic() - started
+    assert took < 2.5, took
+    oidc.refresh_from_db()
+    assert oidc.token_secret == "new-refresh"  # kept: the keys were unavailable, not wrong
+
+
+def test_rotated_signing_keys_are_fetched_again_but_not_for_every_unknown_kid(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any, settings: Any
+) -> None:
+    def jwks_fetches() -> int:
+        return sum(1 for r in scripted.received if r.path == "/jwks")
+
+    scripted.script(tokens(id_token=id_token(scripted)))
+    assert get_access_token(user, "scripted") == "new-access"
+    assert jwks_fetches() == 1
+
+    # The provider rotates its keys; the next ID token names the new one.
+    scripted.static["/jwks"] = Reply(200, jwks(OTHER_KEY, kid="k2"))
+    now = int(time.time())
+    claims = {"iss": scripted.base_url, "aud": "oidc-client", "sub": "user-1"}
+    rotated = jwt.encode(
+        {**claims, "iat": now, "exp": now + 300}, OTHER_KEY, "RS256", headers={"kid": "k2"}
+    )
+    scripted.script(tokens(access="newer-access", refresh="newer-refresh", id_token=rotated))
+    SocialToken.objects.filter(pk=oidc.pk).update(expires_at=oidc.expires_at)
+    assert get_access_token(user, "scripted") == "newer-access"
+    assert jwks_fetches() == 1  # (script() starts a new record)
+
+    # A kid nobody published (forged, or a provider's mistake): rejected, and the keys
+    # were fetched again less than a minute ago, so no third fetch.
+    forged = jwt.encode(
+        {**claims, "iat": now, "exp": now + 300}, KEY, "RS256", headers={"kid": "unknown"}
+    )
+    scripted.script(tokens(access="x-access", refresh="x-refresh", id_token=forged))
+    SocialToken.objects.filter(pk=oidc.pk).update(expires_at=oidc.expires_at)
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "scripted")
+    assert excinfo.value.code == "id_token_invalid"
+    assert jwks_fetches() == 0
