@@ -211,3 +211,41 @@ def test_check_command_reports_the_unrouted_urls(settings: Any) -> None:
     assert "token_rotation.W008" in out.getvalue()
     with pytest.raises(SystemCheckError, match="token_rotation.W008"):
         call_command("check", "--tag", "urls", "--fail-level", "WARNING", stdout=StringIO())
+
+
+# -- a check never crashes on someone else's mistake -------------------------------
+
+
+def test_an_unimportable_middleware_entry_is_left_to_django(settings: Any) -> None:
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "no_such_module.Middleware"]
+    assert checks.check_setup() == []
+
+
+def test_a_broken_urlconf_is_left_to_django(settings: Any) -> None:
+    settings.ROOT_URLCONF = "no_such_module.urls"
+    assert checks.check_allauth_urls() == []
+
+
+def test_allauth_urls_unchecked_without_allauth_account(settings: Any) -> None:
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "allauth.account"]
+    assert checks.check_allauth_urls() == []
+
+
+def test_provider_settings_without_apps_or_scopes_are_skipped(settings: Any) -> None:
+    settings.SOCIALACCOUNT_PROVIDERS = {"google": "not a dict", "microsoft": {"VERIFIED_EMAIL": 1}}
+    assert checks.check_offline_access() == []
+
+
+@pytest.mark.django_db
+def test_a_database_openid_connect_app_with_the_default_scope_gets_w007() -> None:
+    SocialApp.objects.create(
+        provider="openid_connect",
+        provider_id="kc",
+        name="Keycloak",
+        client_id="kc",
+        secret="s",
+        settings={"server_url": "https://sso.example/realms/x"},
+    )
+    messages = checks.check_offline_access_database_apps(databases=["default"])
+    assert ids(messages) == ["token_rotation.W007"]
+    assert "offline_access" in messages[0].msg

@@ -537,3 +537,59 @@ def test_an_engine_failure_never_breaks_the_page(
     assert response.status_code == 200
     assert error_in(response) == ""
     assert "Could not check the tokens of user" in caplog.text
+
+
+# -- edges: JSON bodies, unknown paths, a provider that cannot be resolved ----------
+
+
+def test_a_json_body_is_an_api_call(signed_in: Client, revoked: SocialToken) -> None:
+    """A ``fetch()`` posting JSON from an older browser (no ``Sec-Fetch-*``, no Accept)."""
+    response = signed_in.post("/api/", data="{}", content_type="application/json")
+    assert response.status_code == 401
+    assert response.json()["error"] == REFRESH_ACCESS_TOKEN_ERROR
+
+
+def test_an_unknown_path_is_not_a_sign_in_view(
+    signed_in: Client, revoked: SocialToken, settings: Any
+) -> None:
+    settings.TOKEN_ROTATION_REDIRECT_ON_ERROR = True
+    response = signed_in.get("/no-such-page/")
+    # Not one of allauth's views: the user is sent to sign in again (not a 404 first).
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/fake/login/?process=login")
+
+
+def test_a_provider_that_cannot_be_resolved_falls_back_to_the_login_page(
+    signed_in: Client,
+    revoked: SocialToken,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    signed_in.get("/page/")  # the error is now in the session
+    assert summary_of(signed_in) is not None
+    # The app is removed by an admin: the provider's sign-in URL cannot be built.
+    SocialToken.objects.filter(pk=revoked.pk).update(app=None)
+    SocialApp.objects.all().delete()
+    session = signed_in.session  # a new session of the user (another device)
+    del session[token_session.KEY]
+    session.save()
+    response = signed_in.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json()["reauth_url"].startswith("/accounts/login/")
+    assert "No sign-in URL for token" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_exempt_paths(
+    async_client: AsyncClient,
+    user: Any,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_EXEMPT_PATHS = [r"^/async-page/"]
+    await sync_to_async(make_token)(expires_in=-5)
+    await async_client.aforce_login(user)
+    assert (await async_client.get("/async-page/")).status_code == 200
+    assert scripted.token_requests == []
