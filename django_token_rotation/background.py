@@ -37,7 +37,7 @@ from . import client, history, rotation
 from . import providers as provider_resolution
 from .conf import app_settings
 from .exceptions import ProviderNotRefreshable, ReauthenticationRequired, TokenRefreshUnavailable
-from .models import TokenState
+from .models import refresh_blocker
 
 REFRESHED = "refreshed"
 SKIPPED = "skipped"
@@ -189,17 +189,6 @@ class Selection:
         )
 
 
-def refresh_blocker(token: SocialToken, state: TokenState | None, now: datetime.datetime) -> str:
-    """Why the provider must not be called for ``token`` now (``""``: it may)."""
-    if not token.token_secret:
-        return "no_refresh_token"
-    if rotation.refused(token, state):
-        return "sign_in_required"
-    if state is not None and state.next_retry_at is not None and now < state.next_retry_at:
-        return "backoff"
-    return ""
-
-
 def due(
     selection: Selection, *, batch_size: int = 500, shard: tuple[int, int] | None = None
 ) -> Iterator[tuple[SocialToken, str]]:
@@ -216,7 +205,7 @@ def due(
         now = timezone.now()
         for token in batch:
             if selection.is_due(token, now):
-                yield token, refresh_blocker(token, rotation.state_of(token), now)
+                yield token, refresh_blocker(token, rotation.state_of(token), now=now)
         if len(batch) < batch_size:
             return
         last = batch[-1].pk
@@ -336,7 +325,7 @@ def refresh_ids(
         if token is None or not selection.is_due(token, now):
             report.add(Result(pk, SKIPPED, "not_due"))
             continue
-        blocker = refresh_blocker(token, rotation.state_of(token), now)
+        blocker = refresh_blocker(token, rotation.state_of(token), now=now)
         if blocker:
             report.add(Result(pk, SKIPPED, blocker))
         else:

@@ -10,6 +10,11 @@
    (:func:`_wait_for_change`), re-reading the token until the winner has
    stored the new one. A worker that dies mid-refresh blocks the token only
    until its lease expires.
+3. The winner wakes the waiters when it is done (:mod:`.wakeup`: at once in
+   its own process, by ``NOTIFY`` on PostgreSQL in the others). A wake-up is a
+   hint: waiters still re-read the token at least every :data:`POLL_MAX`
+   seconds, so a lost one costs what polling costs, never more than
+   ``TOKEN_ROTATION_WAIT``.
 
 What the lease holder does is the caller's business (:mod:`.rotation`).
 """
@@ -26,7 +31,7 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.db import DatabaseError
 
-from . import expiry, store, transactions
+from . import expiry, store, transactions, wakeup
 from .conf import app_settings
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from .models import BACKOFF, NO_REFRESH_TOKEN, SIGN_IN_REQUIRED, TokenState, refresh_blocker
@@ -39,6 +44,8 @@ _process_locks_guard = threading.Lock()
 #: Check ``token_rotation.E006`` holds ``TOKEN_ROTATION_LEASE`` to it.
 LEASE_MARGIN = 2.0
 
+#: Seconds between two re-reads of a waiter that no wake-up reached (first, and at most):
+#: the bound on what a lost wake-up costs.
 POLL_FIRST = 0.02
 POLL_MAX = 0.1
 
@@ -53,13 +60,14 @@ def _process_lock(token: SocialToken) -> threading.Lock:
         return lock
 
 
-def _wait_for_change(token: SocialToken, timeout: float) -> None:
+def _wait_for_change(token: SocialToken, since: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for another worker to change ``token``'s
-    stored state (store a refresh, record a failure, release its lease).
+    stored state (store a refresh, record a failure, release its lease) after
+    ``since`` (a :func:`.wakeup.version` taken before the caller's last read).
 
     Returning early is always allowed: the caller re-reads and re-checks.
     """
-    time.sleep(timeout)
+    return wakeup.wait(token, since, timeout)
 
 
 class Flight:
@@ -122,35 +130,48 @@ class Flight:
         # worker's refresh: the current token is good enough.
         patient = self.force or expiry.is_expired(token, store.state_of(token))
         wait = app_settings.WAIT if patient else 0.0
+        if patient:
+            wakeup.listen(token)
         deadline = time.monotonic() + wait
         lock = _process_lock(token)
-        if not lock.acquire(timeout=wait):
+        # Waiting for the lock means another thread of this process held it,
+        # and has probably just refreshed the token: read before claiming.
+        alone = lock.acquire(blocking=False)
+        if not alone and not lock.acquire(timeout=wait):
             raise self.gave_up()
         try:
             # The common case is a lone caller: claim at once, and read the token
             # and its state only after winning (``hold`` re-checks).
-            if store.state_of(token) is not None and self.claim():
-                return self._holding(hold)
+            if alone and store.state_of(token) is not None and self.claim():
+                return self._holding(hold, patient)
             poll = POLL_FIRST
             while True:
+                # Taken before the read: a wake-up landing between the read and
+                # the wait is not lost.
+                since = wakeup.version(token)
                 state = store.reload(token)
                 if self.settled(state):
                     return token
                 self.check_blocked(state)
                 if self.claim():
-                    return self._holding(hold)
-                if time.monotonic() + poll > deadline:
+                    return self._holding(hold, patient)
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise self.gave_up()
-                _wait_for_change(token, poll)
+                _wait_for_change(token, since, min(poll, left))
                 poll = min(poll * 1.3, POLL_MAX)
         finally:
             lock.release()
 
-    def _holding(self, hold: Callable[[Flight], SocialToken]) -> SocialToken:
+    def _holding(self, hold: Callable[[Flight], SocialToken], patient: bool) -> SocialToken:
         try:
             return hold(self)
         finally:
             self.release()
+            # Only a caller whose token had expired (or who forces) waits for
+            # another's refresh: other processes are told only when this one
+            # had to (the others poll, as without wake-ups).
+            wakeup.notify(self.token, processes=patient)
 
     def gave_up(self) -> TokenRefreshUnavailable:
         return TokenRefreshUnavailable(

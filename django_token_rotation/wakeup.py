@@ -70,12 +70,13 @@ def _bump(key: Key) -> None:
         _changed.notify_all()
 
 
-def notify(token: Any) -> None:
-    """Wake everyone waiting for ``token``: in this process, and on PostgreSQL in others."""
+def notify(token: Any, *, processes: bool = True) -> None:
+    """Wake everyone waiting for ``token``: in this process, and on PostgreSQL
+    (unless ``processes`` is false: nobody there can be waiting) in others."""
     alias, pk = _key(token)
     _bump((alias, pk))
     connection = connections[alias]
-    if connection.vendor != "postgresql":
+    if not processes or connection.vendor != "postgresql":
         return
     try:
         if not connection.in_atomic_block:
@@ -113,6 +114,14 @@ def _connect(alias: str) -> Any:
     connection = wrapper.Database.connect(**wrapper.get_connection_params())
     connection.autocommit = True
     return connection
+
+
+def listen(token: Any) -> None:
+    """Start listening for ``token``'s database, if this process does not yet:
+    called as soon as a caller may have to wait, so that the listening
+    connection is up before the winner's ``NOTIFY`` (a dictionary look-up
+    once it is)."""
+    _ensure_listener(_key(token)[0])
 
 
 def wait(token: Any, since: int, timeout: float) -> bool:
