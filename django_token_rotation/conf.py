@@ -43,7 +43,8 @@ class Settings:
 
     @property
     def DEFAULT_LIFETIME(self) -> float | None:
-        """Assumed lifetime (seconds) of access tokens that carry no expiry at all.
+        """Assumed lifetime (seconds) of access tokens that carry no expiry at all,
+        when no earlier lifetime and no provider default (``providers.QUIRKS``) is known.
 
         ``None`` (the default) means such tokens are never refreshed proactively.
         """

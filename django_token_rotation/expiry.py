@@ -12,6 +12,7 @@ import random
 from typing import TYPE_CHECKING
 
 import jwt
+from django.core.exceptions import ObjectDoesNotExist
 from django.utils import timezone
 
 from .conf import app_settings
@@ -43,12 +44,65 @@ def jwt_expiry(access_token: str) -> datetime.datetime | None:
         return None
 
 
+#: A lifetime inferred from a stored expiry shorter than this is not trusted
+#: (an account saved long after its sign-in would make it look short).
+MIN_INFERRED_LIFETIME = 60
+#: A lifetime longer than this is junk, not a lifetime (as in :mod:`.client`).
+MAX_LIFETIME = 366 * 24 * 3600
+
+
+def issued_at(token: SocialToken, state: TokenState | None = None) -> datetime.datetime | None:
+    """When the stored access token was issued, as well as it can be known.
+
+    The later of our last refresh and the last sign-in (allauth saves the
+    account, whose ``last_login`` it stamps, and then its token at every
+    sign-in); else when we first saw the token.
+    """
+    known = []
+    if state is not None and state.last_refreshed_at is not None:
+        known.append(state.last_refreshed_at)
+    try:
+        signed_in = token.account.last_login
+    except ObjectDoesNotExist:  # an unsaved token without its account
+        signed_in = None
+    if signed_in is not None:
+        known.append(signed_in)
+    if known:
+        return max(known)
+    return state.created_at if state is not None else None
+
+
+def assumed_lifetime(provider: str) -> float | None:
+    """Seconds an access token of ``provider`` is assumed to live when nothing
+    says: the provider's documented default (``providers.QUIRKS``), else
+    ``TOKEN_ROTATION_DEFAULT_LIFETIME``."""
+    from .providers import quirks
+
+    return quirks(provider).lifetime or app_settings.DEFAULT_LIFETIME
+
+
+def lifetime(token: SocialToken, state: TokenState | None = None) -> float | None:
+    """The stored access token's lifetime in seconds, when its expiry is known
+    (``expires_at`` or its JWT ``exp``) and so is when it was issued: what a
+    refresh answer without ``expires_in`` carries forward."""
+    known = token.expires_at or jwt_expiry(token.token)
+    issued = issued_at(token, state)
+    if known is None or issued is None:
+        return None
+    seconds = (known - issued).total_seconds()
+    if not MIN_INFERRED_LIFETIME <= seconds <= MAX_LIFETIME:
+        return None
+    return seconds
+
+
 def expiry(token: SocialToken, state: TokenState | None = None) -> datetime.datetime | None:
     """When ``token``'s access token expires, as well as it can be known.
 
     In order: ``expires_at`` (set from ``expires_in``), the access token's JWT
-    ``exp``, ``TOKEN_ROTATION_DEFAULT_LIFETIME`` counted from the last refresh
-    (or from when we first saw the token), else ``None``: never proactively.
+    ``exp``, the assumed lifetime (:func:`assumed_lifetime`: the provider's
+    default, else ``TOKEN_ROTATION_DEFAULT_LIFETIME``) counted from when it was
+    issued (:func:`issued_at`), else ``None``: never proactively. Tokens that
+    allauth stored at sign-in (no ``TokenState`` yet) count from the sign-in.
     """
     stored: datetime.datetime | None = token.expires_at
     if stored is not None:
@@ -56,10 +110,10 @@ def expiry(token: SocialToken, state: TokenState | None = None) -> datetime.date
     derived = jwt_expiry(token.token)
     if derived is not None:
         return derived
-    lifetime = app_settings.DEFAULT_LIFETIME
-    if lifetime and state is not None:
-        base = state.last_refreshed_at or state.created_at
-        return base + datetime.timedelta(seconds=lifetime)
+    assumed = assumed_lifetime(str(token.account.provider))
+    base = issued_at(token, state) if assumed else None
+    if assumed and base is not None:
+        return base + datetime.timedelta(seconds=assumed)
     return None
 
 
@@ -106,18 +160,25 @@ def is_expired(
 
 
 def expires_at(
-    expires_in: float | None, access_token: str, now: datetime.datetime
+    expires_in: float | None,
+    access_token: str,
+    now: datetime.datetime,
+    *,
+    previous: float | None = None,
+    provider: str = "",
 ) -> datetime.datetime | None:
     """When a freshly issued access token expires: ``expires_in``, else its JWT
-    ``exp``, else ``TOKEN_ROTATION_DEFAULT_LIFETIME`` from ``now``."""
+    ``exp``, else the ``previous`` token's lifetime carried forward (see
+    :func:`lifetime`), else :func:`assumed_lifetime` from ``now``; ``None``
+    when nothing is known."""
     if expires_in is not None:
         return now + datetime.timedelta(seconds=expires_in)
     derived = jwt_expiry(access_token)
     if derived is not None:
         return derived
-    lifetime = app_settings.DEFAULT_LIFETIME
-    if lifetime:
-        return now + datetime.timedelta(seconds=lifetime)
+    seconds = previous or assumed_lifetime(provider)
+    if seconds:
+        return now + datetime.timedelta(seconds=seconds)
     return None
 
 

@@ -202,7 +202,11 @@ class TokenState(models.Model):
         _("refresh token expires at"),
         null=True,
         blank=True,
-        help_text=_("Known only when the provider sends refresh_expires_in."),
+        help_text=_(
+            "When the refresh token stops working unless used: known when the provider "
+            "says (refresh_expires_in, refresh_token_expires_in or x_refresh_token_expires_in). "
+            "refresh_tokens --refresh-within renews the token before then."
+        ),
     )
 
     consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)

@@ -69,6 +69,11 @@ class Quirks:
     #: The reason (a key of :data:`REFUSAL_REASONS`) when the provider is refused
     #: although its allauth classes look standard.
     refused: str | None = None
+    #: Seconds its access tokens are assumed to live when an answer says
+    #: nothing (no ``expires_in``, an opaque token) and no earlier lifetime is
+    #: known: for providers documented never to send one. Before
+    #: ``TOKEN_ROTATION_DEFAULT_LIFETIME``.
+    lifetime: int | None = None
 
 
 def _at_import(provider_id: str, key: str) -> str:
@@ -124,7 +129,10 @@ QUIRKS: dict[str, Quirks] = {
     ),
     "salesforce": Quirks(
         rotation="never",
+        handled="no expires_in ever: the access token lives as long as the org's session "
+        "timeout (15 minutes to 24 hours), assumed 15 minutes",
         offline=("scope", "refresh_token"),
+        lifetime=15 * 60,
     ),
     "shopify": Quirks(refused="sign_in_parameter"),
     "slack": Quirks(
@@ -136,7 +144,8 @@ QUIRKS: dict[str, Quirks] = {
     "tiktok": Quirks(rotation="optional", handled="client_key instead of client_id"),
     "twitch": Quirks(
         rotation="optional",
-        handled='dead grants answered {"status": 400, "message": "Invalid refresh token"}',
+        handled='dead grants answered {"status": 400, "message": "Invalid refresh token"}; '
+        "refresh answers without expires_in (the last known lifetime is carried forward)",
     ),
     "vk": Quirks(refused="sign_in_parameter"),
     "twitter_oauth2": Quirks(rotation="always", offline=("scope", "offline.access")),

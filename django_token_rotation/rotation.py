@@ -86,9 +86,6 @@ def get_access_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str
 def access_token_for(token: SocialToken) -> str:
     """:func:`get_access_token` for a ``SocialToken`` already in hand."""
     state = store.state_of(token)
-    if state is None and token.expires_at is None and app_settings.DEFAULT_LIFETIME:
-        # The default lifetime counts from when we first saw the token.
-        state = store.load_state(token)
     if needs_refresh(token, state):
         try:
             refresh(token)

@@ -120,7 +120,15 @@ def store_answer(
     which also released the lease."""
     now = expiry.now()
     new_secret = answer.refresh_token or sent
-    expires_at = expiry.expires_at(answer.expires_in, answer.access_token, now)
+    # An answer without expires_in (and an opaque access token) keeps the
+    # lifetime of the token it replaces, else the provider's or the default one.
+    expires_at = expiry.expires_at(
+        answer.expires_in,
+        answer.access_token,
+        now,
+        previous=expiry.lifetime(token, state_of(token)),
+        provider=provider_key(token),
+    )
     refresh_expires_at = (
         now + datetime.timedelta(seconds=answer.refresh_expires_in)
         if answer.refresh_expires_in

@@ -262,18 +262,21 @@ def test_without_any_expiry_tokens_are_never_refreshed_proactively(
     assert scripted.token_requests == []
 
 
-def test_default_lifetime_counts_from_first_sight_for_stored_tokens(
+def test_default_lifetime_counts_from_the_sign_in_for_stored_tokens(
     fake_app: SocialApp,
     make_token: MakeToken,
     scripted: ScriptedServer,
     user: Any,
     settings: Any,
 ) -> None:
+    from allauth.socialaccount.models import SocialAccount
+
     settings.TOKEN_ROTATION_DEFAULT_LIFETIME = 120
     token = make_token(expires_in=None)
-    assert get_access_token(user, "fake") == "old-access"  # first seen now: 120 s left
-    TokenState.objects.filter(token_id=token.pk).update(
-        created_at=timezone.now() - datetime.timedelta(seconds=100)
+    assert get_access_token(user, "fake") == "old-access"  # signed in now: 120 s left
+    # allauth stamps the account's last_login when it stores the sign-in's token.
+    SocialAccount.objects.filter(pk=token.account_id).update(
+        last_login=timezone.now() - datetime.timedelta(seconds=100)
     )
     assert get_access_token(user, "fake") == "new-access"
 

@@ -1,0 +1,210 @@
+"""Never lose an expiry: answers without ``expires_in``, tokens stored without one.
+
+An answer without ``expires_in`` (and an opaque access token) keeps the
+lifetime of the token it replaces, else the provider's documented default
+(``providers.QUIRKS``), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``; and tokens
+allauth stored at sign-in without an expiry (no ``TokenState``) become due
+on every path, the middleware's included.
+"""
+
+from __future__ import annotations
+
+import datetime
+from io import StringIO
+from typing import Any
+
+import pytest
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from django_token_rotation import expiry, get_access_token, refresh
+from django_token_rotation.models import TokenState
+from tests.conftest import MakeToken
+from tests.scripted_server import ScriptedServer, tokens
+
+pytestmark = pytest.mark.django_db
+
+
+def signed_in_ago(token: SocialToken, seconds: float) -> None:
+    """allauth stamps ``SocialAccount.last_login`` when it stores a sign-in's token."""
+    when = timezone.now() - datetime.timedelta(seconds=seconds)
+    SocialAccount.objects.filter(pk=token.account_id).update(last_login=when)
+    token.account.last_login = when
+
+
+def lifetime_of(token: SocialToken) -> float:
+    token.refresh_from_db()
+    assert token.expires_at is not None
+    seconds: float = (token.expires_at - timezone.now()).total_seconds()
+    return seconds
+
+
+# -- carried forward -------------------------------------------------------------
+
+
+def test_an_answer_without_expires_in_keeps_the_sign_ins_lifetime(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    # Twitch: the sign-in's answer said 3600 s, the refresh's says nothing.
+    token = make_token(expires_in=-10)
+    signed_in_ago(token, 3610)
+    scripted.script(tokens(expires_in=None))
+    assert get_access_token(user, "fake") == "new-access"
+    assert 3590 < lifetime_of(token) <= 3600
+
+
+def test_the_lifetime_of_our_own_last_refresh_is_carried(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    token = make_token(expires_in=-10)
+    signed_in_ago(token, 7 * 24 * 3600)
+    scripted.script(tokens(expires_in=1800, refresh="r2"), tokens(expires_in=None, refresh="r3"))
+    get_access_token(user, "fake")
+    refresh(token, force=True)
+    assert 1790 < lifetime_of(token) <= 1800
+    refresh(token, force=True)  # carried again: it does not decay
+    assert 1790 < lifetime_of(token) <= 1800
+
+
+def test_a_new_sign_in_does_not_stretch_the_carried_lifetime(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    # Refreshed a week ago, then signed in again now (allauth: expires_at = now + 3600).
+    token = make_token(expires_in=3600)
+    TokenState.objects.create(
+        token=token, last_refreshed_at=timezone.now() - datetime.timedelta(days=7)
+    )
+    scripted.script(tokens(expires_in=None))
+    refresh(token, force=True)
+    assert 3590 < lifetime_of(token) <= 3600
+
+
+def test_an_implausibly_short_inferred_lifetime_is_not_carried(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any, settings: Any
+) -> None:
+    # The account was saved long after the sign-in: 10 s is not a lifetime.
+    settings.TOKEN_ROTATION_DEFAULT_LIFETIME = 900
+    token = make_token(expires_in=10)
+    scripted.script(tokens(expires_in=None))
+    refresh(token, force=True)
+    assert 890 < lifetime_of(token) <= 900
+
+
+def test_expires_in_and_a_jwt_exp_still_win_over_the_carried_lifetime(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    token = make_token(expires_in=-10)
+    signed_in_ago(token, 3610)
+    scripted.script(tokens(expires_in=120))
+    refresh(token, force=True)
+    assert 110 < lifetime_of(token) <= 120
+
+
+# -- the provider's default, then the setting ---------------------------------------
+
+
+def _unsaved(provider: str, *, signed_in: datetime.datetime, expires_at: Any = None) -> SocialToken:
+    account = SocialAccount(provider=provider, uid="1", last_login=signed_in)
+    return SocialToken(account=account, token="opaque", token_secret="r", expires_at=expires_at)
+
+
+def test_salesforce_never_sends_expires_in_and_gets_its_documented_default(
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_DEFAULT_LIFETIME = 3600
+    now = timezone.now()
+    minutes = datetime.timedelta(minutes=1)
+    # A refresh answer: the provider's default before the setting.
+    assert expiry.expires_at(None, "opaque", now, provider="salesforce") == now + 15 * minutes
+    assert expiry.expires_at(None, "opaque", now, provider="other") == now + 60 * minutes
+    # The carried lifetime before both.
+    carried = expiry.expires_at(None, "opaque", now, previous=600, provider="salesforce")
+    assert carried == now + 10 * minutes
+    # A token stored at sign-in without expiry: counted from the sign-in.
+    token = _unsaved("salesforce", signed_in=now - datetime.timedelta(minutes=20))
+    assert expiry.expiry(token) == now - datetime.timedelta(minutes=5)
+    assert expiry.needs_refresh(token, now=now)
+
+
+def test_without_any_default_a_token_without_expiry_is_never_due() -> None:
+    now = timezone.now()
+    token = _unsaved("other", signed_in=now - datetime.timedelta(days=30))
+    assert expiry.expiry(token) is None
+    assert not expiry.needs_refresh(token, now=now)
+    assert expiry.expires_at(None, "opaque", now, provider="other") is None
+    assert expiry.lifetime(token) is None
+
+
+def test_lifetime_is_read_from_the_stored_expiry_and_the_later_issue_time() -> None:
+    now = timezone.now()
+    token = _unsaved(
+        "other",
+        signed_in=now - datetime.timedelta(hours=2),
+        expires_at=now + datetime.timedelta(minutes=30),
+    )
+    assert expiry.lifetime(token) == 9000
+    state = TokenState(last_refreshed_at=now - datetime.timedelta(minutes=30))
+    assert expiry.lifetime(token, state) == 3600
+    assert expiry.issued_at(token, state) == state.last_refreshed_at
+
+
+# -- every path: the middleware and the command -------------------------------------
+
+
+def test_the_middleware_refreshes_a_sign_in_token_without_expiry(
+    client: Client,
+    user: Any,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_DEFAULT_LIFETIME = 600
+    token = make_token(expires_in=None)  # as allauth stores it: no TokenState
+    signed_in_ago(token, 1200)
+    assert not TokenState.objects.filter(token=token).exists()
+    client.force_login(user)
+    assert client.get("/page/").status_code == 200
+    assert len(scripted.token_requests) == 1
+    token.refresh_from_db()
+    assert token.token == "new-access"
+
+
+def test_the_middleware_leaves_a_recent_sign_in_token_alone(
+    client: Client,
+    user: Any,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    settings: Any,
+) -> None:
+    settings.TOKEN_ROTATION_DEFAULT_LIFETIME = 600
+    make_token(expires_in=None)
+    client.force_login(user)
+    assert client.get("/page/").status_code == 200
+    assert scripted.token_requests == []
+
+
+def test_refresh_tokens_renews_tokens_whose_refresh_token_is_about_to_expire(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    token = make_token(expires_in=3600)  # the access token is fresh
+    idle_until = timezone.now() + datetime.timedelta(minutes=10)
+    TokenState.objects.create(token=token, refresh_expires_at=idle_until)
+    scripted.script(tokens(refresh_token_expires_in=30 * 24 * 3600))
+
+    call_command("refresh_tokens", "--refresh-within", "60", stdout=StringIO())
+    assert scripted.token_requests == []
+    call_command("refresh_tokens", "--refresh-within", "3600", stdout=StringIO())
+    assert len(scripted.token_requests) == 1
+    state = TokenState.objects.get(token=token)
+    assert state.refresh_expires_at is not None
+    assert state.refresh_expires_at > timezone.now() + datetime.timedelta(days=29)
+
+
+def test_the_admin_explains_refresh_token_expiry() -> None:
+    field = TokenState._meta.get_field("refresh_expires_at")
+    assert "refresh_token_expires_in" in str(field.help_text)
+    assert "--refresh-within" in str(field.help_text)
