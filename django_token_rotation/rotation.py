@@ -220,8 +220,8 @@ def _refresh_holding(flight: Flight) -> SocialToken:
     token = flight.token
     try:
         # Re-read after winning: another worker may have finished between
-        # our last look and our claim.
-        state = store.reload(token)
+        # our last look and our claim (unless the claim checked that it did not).
+        state = flight.read_as_claimed or store.reload(token)
         if flight.settled(state):
             return token
         flight.check_blocked(state)
@@ -259,7 +259,8 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     # The lease is renewed now, by the database's clock, for longer than what is
     # left of the deadline: no other worker can send this refresh token while
     # ours may still be in flight. A lease that already ran out is not ours.
-    if not store.states(token).mark_in_flight(
+    # (A claim as read marked it already, a moment ago, for as long.)
+    if flight.read_as_claimed is None and not store.states(token).mark_in_flight(
         token.pk, sent_fingerprint, lease_id=flight.lease_id, lease_seconds=app_settings.LEASE
     ):
         raise TokenRefreshUnavailable(
@@ -269,6 +270,7 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
             token_id=token.pk,
         )
     started = time.monotonic()
+    flight.sent = True
     try:
         answer = client.refresh_token_grant(endpoint, sent)
     except ReauthenticationRequired as exc:

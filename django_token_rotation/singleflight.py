@@ -21,6 +21,7 @@ What the lease holder does is the caller's business (:mod:`.rotation`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ from . import expiry, store, transactions, wakeup
 from .conf import app_settings
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from .models import BACKOFF, NO_REFRESH_TOKEN, SIGN_IN_REQUIRED, TokenState, refresh_blocker
+
+logger = logging.getLogger("django_token_rotation")
 
 _process_locks: weakref.WeakValueDictionary[Any, threading.Lock] = weakref.WeakValueDictionary()
 _process_locks_guard = threading.Lock()
@@ -79,6 +82,12 @@ class Flight:
         self.lease_id = ""
         # Set when the lease was released along with the stored outcome.
         self.released = False
+        # The state as read with the token, when the claim checked that both are
+        # still current and marked the refresh in flight (:meth:`claim_as_read`):
+        # the holder neither re-reads nor marks again.
+        self.read_as_claimed: TokenState | None = None
+        # Set just before the refresh token is sent.
+        self.sent = False
         # What the caller saw: a change means someone refreshed meanwhile.
         self.seen_access = token.token
 
@@ -140,9 +149,10 @@ class Flight:
         if not alone and not lock.acquire(timeout=wait):
             raise self.gave_up()
         try:
-            # The common case is a lone caller: claim at once, and read the token
-            # and its state only after winning (``hold`` re-checks).
-            if alone and store.state_of(token) is not None and self.claim():
+            # The common case is a lone caller: claim at once, on the token and
+            # state it read (``hold`` re-checks them, and re-reads only when the
+            # claim could not confirm they are current).
+            if alone and (self.claim_as_read() or (self.claimable() and self.claim())):
                 return self._holding(hold, patient)
             poll = POLL_FIRST
             while True:
@@ -181,12 +191,45 @@ class Flight:
             token_id=self.token.pk,
         )
 
+    def claimable(self) -> bool:
+        return store.state_of(self.token) is not None
+
     def claim(self) -> bool:
-        lease_id = uuid.uuid4().hex
-        try:
-            claimed = store.states(self.token).claim_lease(
+        """Claim the lease; the holder re-reads the token."""
+        return self._claim(
+            lambda lease_id: store.states(self.token).claim_lease(
                 self.token.pk, lease_id, app_settings.LEASE
             )
+        )
+
+    def claim_as_read(self) -> bool:
+        """Claim the lease only if the token and its state are still as the
+        caller read them (in one query: ``select_related``), marking the refresh
+        in flight in the same statement. ``False``: claim as usual."""
+        token = self.token
+        state = store.state_of(token)
+        if state is None or not token.token_secret or transactions.on_helper():
+            # On the helper of a caller's transaction, the token's row may be
+            # locked by that very transaction (MariaDB would wait to read it).
+            return False
+        claimed = self._claim(
+            lambda lease_id: store.states(token).claim_as_read(
+                token.pk,
+                lease_id,
+                app_settings.LEASE,
+                seen=state,
+                access=token.token,
+                refresh=token.token_secret,
+            )
+        )
+        if claimed:
+            self.read_as_claimed = state
+        return claimed
+
+    def _claim(self, update: Callable[[str], bool]) -> bool:
+        lease_id = uuid.uuid4().hex
+        try:
+            claimed = update(lease_id)
         except DatabaseError as exc:
             # Someone else's open transaction holds the row: not ours to wait for.
             if transactions.is_lock_timeout(exc):
@@ -199,5 +242,16 @@ class Flight:
     def release(self) -> None:
         if self.released or not self.lease_id:
             return
-        store.states(self.token).release_lease(self.token.pk, self.lease_id)
+        # Claimed as read but never sent: the in-flight mark goes back as it was.
+        unmark = self.read_as_claimed if not self.sent else None
+        try:
+            store.states(self.token).release_lease(self.token.pk, self.lease_id, unmark=unmark)
+        except DatabaseError as exc:
+            # The lease runs out on its own; the caller's outcome stands.
+            logger.error(
+                "Could not release the lease on token %s (%s); it expires in %s s.",
+                self.token.pk,
+                type(exc).__name__,
+                app_settings.LEASE,
+            )
         self.released = True

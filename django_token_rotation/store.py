@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from allauth.socialaccount.models import SocialToken
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
@@ -116,8 +117,8 @@ def store_answer(
     claims: dict[str, Any] | None = None,
 ) -> bool:
     """Store a successful answer, unless another worker stored a newer token
-    meanwhile (then ``token`` is reloaded). Returns whether it was written,
-    which also released the lease."""
+    meanwhile (then ``token`` is reloaded). Returns whether it was written with
+    its bookkeeping, which also released the lease."""
     now = expiry.now()
     new_secret = answer.refresh_token or sent
     # An answer without expires_in (and an opaque access token) keeps the
@@ -135,10 +136,17 @@ def store_answer(
         else None
     )
     rotated = answer.refresh_token is not None and answer.refresh_token != sent
+    written = 0
+    # Inside a transaction here only in a test case's wrapper (see
+    # transactions.py): a savepoint keeps that usable after an error.
+    in_block = connections[token._state.db or DEFAULT_DB_ALIAS].in_atomic_block
     try:
-        with transaction.atomic(using=token._state.db):
-            # Compare-and-swap on the refresh token we sent: if another
-            # worker stored a newer token meanwhile, ours is stale.
+        # Compare-and-swap on the refresh token we sent: if another worker
+        # stored a newer token meanwhile, ours is stale. Its own statement, not
+        # one transaction with the bookkeeping below: the token is what must
+        # not be lost, and the lease (released only by the bookkeeping) keeps
+        # everyone else away until both are written.
+        with transaction.atomic(using=token._state.db) if in_block else nullcontext():
             written = (
                 SocialToken.objects.using(token._state.db)
                 .filter(pk=token.pk, token_secret=sent)
@@ -158,6 +166,21 @@ def store_answer(
                     duration=elapsed,
                 )
     except DatabaseError:
+        if written and not in_block:
+            # The token is stored; its bookkeeping (refresh count, cleared
+            # failures, the lease) is not: the lease runs out on its own.
+            logger.error(
+                "Stored the refreshed token %s of provider %s, but not its refresh state "
+                "(database error).",
+                token.pk,
+                provider_key(token),
+            )
+            token.token, token.token_secret, token.expires_at = (
+                answer.access_token,
+                new_secret,
+                expires_at,
+            )
+            return False
         logger.error(
             "Could not store the refreshed token %s of provider %s (database error); "
             "the provider's answer is lost.",

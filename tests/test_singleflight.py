@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp, SocialToken
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from django_token_rotation import rotation, singleflight, wakeup
-from django_token_rotation.exceptions import TokenRefreshUnavailable
+from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
 from tests.conftest import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
@@ -192,3 +192,49 @@ def test_nobody_elsewhere_is_told_when_the_holders_token_still_worked(
     rotation.refresh(make_token(expires_in=30))  # due (leeway 60 s), not expired
     rotation.refresh(make_token(expires_in=-5))
     assert told == [False, True]
+
+
+def test_a_claim_as_read_that_sends_nothing_puts_the_in_flight_mark_back(
+    make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """The claim marks the refresh in flight; when the holder then does not send
+    it (here: no app configured for the provider), the mark is put back, so a
+    later ``invalid_grant`` is not taken for a lost rotation."""
+    token = make_token(expires_in=-5)
+    TokenState.objects.create(token=token)
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        rotation.refresh(SocialToken.objects.select_related("rotation_state").get(pk=token.pk))
+    assert excinfo.value.code == "provider_not_configured"
+    state = TokenState.objects.get(token=token)
+    assert (state.lease_id, state.inflight_fingerprint, state.inflight_since) == ("", "", None)
+    assert scripted.token_requests == []
+
+
+def test_the_token_is_kept_when_its_bookkeeping_cannot_be_written(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The new token is written in a statement of its own: a database error in
+    the state's update after it (and in the lease's release) loses nothing."""
+    token = make_token(expires_in=-5)
+    TokenState.objects.create(token=token)
+    claimed: list[str] = []
+
+    def failing_state_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+        if sql.startswith('UPDATE "token_rotation_tokenstate"'):
+            if claimed:
+                raise OperationalError("disk I/O error (injected)")
+            claimed.append(sql)
+        return execute(sql, *args)
+
+    mine = SocialToken.objects.select_related("rotation_state").get(pk=token.pk)
+    with connection.execute_wrapper(failing_state_writes):
+        refreshed = rotation.refresh(mine)
+    assert refreshed.token == "new-access"
+    stored = SocialToken.objects.get(pk=token.pk)
+    assert (stored.token, stored.token_secret) == ("new-access", "new-refresh")
+    assert "but not its refresh state" in caplog.text
+    assert "Could not release the lease" in caplog.text
+    assert len(scripted.token_requests) == 1

@@ -123,3 +123,52 @@ def test_success_releases_the_whole_lease_on_every_database(alias: str) -> None:
     state = states.get(pk=token.pk)
     assert (state.lease_id, state.lease_expires_at) == ("", None)
     assert states.claim_lease(token.pk, "b" * 32, 30)
+
+
+@pytest.mark.django_db(databases=["default", "mariadb", "postgres"])
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "default",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def test_a_claim_as_read_fails_on_any_change_since_the_read(alias: str) -> None:
+    """The one-statement claim (lease + in-flight mark) of a caller that does not
+    re-read: any refresh, attempt or outcome since its read makes it fail."""
+    from allauth.socialaccount.models import SocialAccount, SocialToken
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.db_manager(alias).create_user("read")
+    account = SocialAccount.objects.using(alias).create(user=user, provider="fake", uid="1")
+    token = SocialToken.objects.using(alias).create(account=account, token="a", token_secret="r")
+    states = TokenState.objects.using(alias)
+    seen = states.create(token=token)
+
+    def claim(lease: str, *, access: str = "a", refresh: str = "r") -> bool:
+        return states.claim_as_read(
+            token.pk, lease * 32, 30, seen=seen, access=access, refresh=refresh
+        )
+
+    # The token is not what the caller read (someone refreshed, or a sign-in).
+    assert not claim("x", refresh="older")
+    assert not claim("x", access="older")
+    # Another attempt started (in flight) or ended (counts changed) meanwhile.
+    states.filter(pk=token.pk).update(inflight_fingerprint=fingerprint("r"))
+    assert not claim("x")
+    states.filter(pk=token.pk).update(inflight_fingerprint="", consecutive_failures=1)
+    assert not claim("x")
+    states.filter(pk=token.pk).update(consecutive_failures=0, refresh_count=1)
+    assert not claim("x")
+    states.filter(pk=token.pk).update(refresh_count=0)
+    # As read: claimed and marked in flight, in one statement.
+    assert claim("a")
+    state = states.get(pk=token.pk)
+    assert state.lease_id == "a" * 32 and state.inflight_fingerprint == fingerprint("r")
+    assert state.inflight_since is not None
+    assert not claim("b")  # the lease is taken
+    # Never sent: the release puts the in-flight mark back as it was read.
+    states.release_lease(token.pk, "a" * 32, unmark=seen)
+    state = states.get(pk=token.pk)
+    assert (state.lease_id, state.inflight_fingerprint, state.inflight_since) == ("", "", None)
