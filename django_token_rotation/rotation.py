@@ -276,6 +276,13 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     except TokenRefreshUnavailable as exc:
         store.record_transient(token, exc, elapsed=time.monotonic() - started)
         raise
+    if answer.refused is not None:
+        error = store.store_refresh_token(
+            token, answer, sent, error=answer.refused, elapsed=time.monotonic() - started
+        )
+        if error is None:
+            return token
+        raise error
     claims = _checked_id_token(token, endpoint, answer)
     if isinstance(claims, ReauthenticationRequired):
         return _refused(token, claims, sent, replay, started)
