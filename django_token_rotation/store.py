@@ -368,6 +368,20 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
     )
 
 
+def record_configuration_error(token: SocialToken, exc: TokenRotationError) -> None:
+    """The provider or its app cannot be resolved (``provider_not_configured``,
+    ``insecure_endpoint``): nothing was sent. Recorded on the token with the
+    gentle back-off (a person fixes a configuration; the admin's "refresh now"
+    retries at once), so that it is not resolved again on every request."""
+    state = load_state(token)
+    failures = state.consecutive_failures + 1
+    retry_at = expiry.now() + datetime.timedelta(seconds=expiry.backoff(failures))
+    states(token).record_transient(
+        token.pk, code=exc.code, failures=failures, retry_at=retry_at, not_processed=True
+    )
+    state.consecutive_failures, state.last_error, state.next_retry_at = failures, exc.code, retry_at
+
+
 def store_claims(token: SocialToken, claims: dict[str, Any]) -> None:
     """Keep the account's ID token claims current, where allauth keeps them."""
     account = token.account

@@ -32,6 +32,7 @@ from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.socialaccount.providers import registry
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
+from django.utils import timezone
 
 from django_token_rotation import ProviderNotRefreshable, providers, refresh
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
@@ -482,3 +483,49 @@ def test_w007_reads_allauths_default_scope(server: ScriptedServer) -> None:
         "atlassian",
         "salesforce",
     }
+
+
+# -- resolution with and without a request -------------------------------------
+
+
+def test_every_provider_resolves_the_same_inside_and_outside_a_request(
+    site: ScriptedServer, django_user_model: Any, rf: Any
+) -> None:
+    """The command and tasks resolve without a request (allauth's adapters get an
+    empty one); a web request must give the same endpoint, and no provider
+    crashes either way (refused ones are refused with their reason)."""
+    from allauth.core import context
+
+    for cls in CLASSES:
+        token = make_token(cls, make_app(cls, site), django_user_model)
+        outside: Any
+        try:
+            outside = providers.resolve(token).url
+        except ProviderNotRefreshable as exc:
+            outside = exc.code
+        request = rf.get("/accounts/", {"shop": "x.myshopify.com", "region": "eu"})
+        with context.request_context(request):
+            try:
+                inside: Any = providers.resolve(token).url
+            except ProviderNotRefreshable as exc:
+                inside = exc.code
+        assert inside == outside, cls.id
+        assert (outside == "unsupported_provider") == (cls in REFUSED), cls.id
+
+
+def test_battlenet_refreshes_from_the_command(
+    site: ScriptedServer, settings: Any, django_user_model: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.SOCIALACCOUNT_PROVIDERS = {"battlenet": {"REGION": "eu"}}
+    cls = registry.get_class("battlenet")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+    call_command("refresh_tokens", stdout=StringIO())
+    [request] = site.received
+    assert request.path == "/oauth.battle.net/token"
+    token.refresh_from_db()
+    assert token.token_secret == "new-refresh"
