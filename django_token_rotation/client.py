@@ -140,6 +140,8 @@ class TokenEndpoint:
     jwks_uri: str | None = None
     #: ``token_type`` values besides ``Bearer`` that name a bearer token (Slack's "user").
     token_types: frozenset[str] = frozenset()
+    #: Further form parameters of the refresh (VK ID's ``device_id`` and ``state``).
+    params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
     or the client, :class:`TokenRefreshUnavailable` for everything that may work
     later (network, 5xx, 429, malformed answers).
     """
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    data = {**endpoint.params, "grant_type": "refresh_token", "refresh_token": refresh_token}
     # Always POST (RFC 6749 3.2), even for providers whose allauth adapter
     # uses GET at sign-in: a refresh token never goes into a URL, where proxies
     # and urllib3's debug log would record it.

@@ -182,7 +182,11 @@ def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
 
 def make_token(cls: type[Any], app: SocialApp, django_user_model: Any) -> SocialToken:
     user = django_user_model.objects.create(username=f"user-{cls.id}")
-    account = SocialAccount.objects.create(user=user, provider=app.provider_id or cls.id, uid="1")
+    # What a site keeps for providers that need sign-in values on refresh (VK ID).
+    extra = {name: f"{name}-of-the-sign-in" for name in providers.quirks(cls.id).sign_in_values}
+    account = SocialAccount.objects.create(
+        user=user, provider=app.provider_id or cls.id, uid="1", extra_data=extra
+    )
     return SocialToken.objects.create(
         app=app, account=account, token="old-access", token_secret="old-refresh"
     )
@@ -241,6 +245,10 @@ def test_refreshes_as_allauth_signs_in(
         assert request.form["client_secret"] == f"secret-{cls.id}"
     for name, value in headers.items():
         assert request.headers.get(name) == value, name
+    quirks = providers.quirks(cls.id)
+    for name in quirks.sign_in_values:
+        assert request.form[name] == f"{name}-of-the-sign-in"
+    assert ("state" in request.form) == quirks.sends_state
     token.refresh_from_db()
     assert (token.token, token.token_secret) == ("fresh-access", "fresh-refresh")
 
@@ -312,6 +320,50 @@ def test_tiktok_sends_client_key(site: ScriptedServer, django_user_model: Any) -
     [request] = site.received
     assert request.form["client_key"] == "id-tiktok"
     assert "client_id" not in request.form
+
+
+def test_vk_id_sends_the_sign_ins_device_id_and_a_fresh_state(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("vk")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    refresh(token, force=True)
+    refresh(token, force=True)
+    first, second = site.received
+    assert first.path == second.path == "/id.vk.ru/oauth2/auth"
+    assert first.form["device_id"] == second.form["device_id"] == "device_id-of-the-sign-in"
+    assert first.form["state"] != second.form["state"]
+    assert len(first.form["state"]) >= 32
+
+
+def test_vk_id_without_the_device_id_is_refused_with_its_reason(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # What allauth stores by itself: no device_id anywhere.
+    cls = registry.get_class("vk")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialAccount.objects.filter(pk=token.account_id).update(extra_data={"user_id": "1"})
+    token = SocialToken.objects.select_related("account").get(pk=token.pk)
+    with pytest.raises(ProviderNotRefreshable) as caught:
+        refresh(token, force=True)
+    assert caught.value.code == "unsupported_provider"
+    assert "[sign_in_parameter]" in str(caught.value) and "device_id" in str(caught.value)
+    assert site.received == []
+
+
+def test_feishu_is_refused_its_adapter_builds_its_own_client(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # feishu's adapter overrides get_client (FeishuOAuth2Client: an app access
+    # token first, a JSON body, the answer under "data"): a standard refresh
+    # would go to its code-exchange URL.
+    cls = registry.get_class("feishu")
+    assert providers.refusal_reason(cls) == "custom_token_exchange"
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ProviderNotRefreshable) as caught:
+        refresh(token, force=True)
+    assert "[custom_token_exchange]" in str(caught.value)
+    assert site.received == []
 
 
 # -- resolution failures are configuration errors, not crashes ----------------
