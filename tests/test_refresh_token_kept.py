@@ -152,3 +152,25 @@ def test_a_refused_grant_is_still_a_refusal(
         refresh(token, force=True)
     assert caught.value.code == "invalid_grant"
     assert stored(token).token_secret == "old-refresh"
+
+
+def test_a_database_failure_while_keeping_it_is_a_lost_rotation_later(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    from django.db import connection
+
+    from tests.test_lost_rotation import failing_token_writes
+
+    token = make_token()
+    scripted.script(tokens(token_type="DPoP"), oauth_error("invalid_grant"))
+    with (
+        connection.execute_wrapper(failing_token_writes),
+        pytest.raises(TokenRefreshUnavailable) as first,
+    ):
+        refresh(token, force=True)
+    assert first.value.code == "database_error"
+    assert stored(token).token_secret == "old-refresh"  # nothing half-written
+    token.refresh_from_db()
+    with pytest.raises(ReauthenticationRequired) as second:
+        refresh(token, force=True)
+    assert second.value.code == "lost_rotation"
