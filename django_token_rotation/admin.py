@@ -98,6 +98,7 @@ def when_short(value: datetime.datetime | None) -> SafeString | str:
 STATUS_COLOURS = {
     health.Status.SIGN_IN_REQUIRED: "#ba2121",
     health.Status.NO_REFRESH_TOKEN: "#ba2121",
+    health.Status.MISCONFIGURED: "#ba2121",
     health.Status.FAILING: "#c86400",
     health.Status.EXPIRED: "#c86400",
     health.Status.EXPIRING: "#7a6a00",

@@ -36,7 +36,12 @@ from django.utils import timezone
 from . import client, history, rotation
 from . import providers as provider_resolution
 from .conf import app_settings
-from .exceptions import ProviderNotRefreshable, ReauthenticationRequired, TokenRefreshUnavailable
+from .exceptions import (
+    ImproperlyConfiguredProvider,
+    ProviderNotRefreshable,
+    ReauthenticationRequired,
+    TokenRefreshUnavailable,
+)
 from .models import refresh_blocker
 
 REFRESHED = "refreshed"
@@ -236,6 +241,9 @@ def refresh_one(token: SocialToken, selection: Selection) -> Result:
     before = (token.token, token.expires_at)
     try:
         rotation.refresh(token, force=force)
+    except ImproperlyConfiguredProvider as exc:
+        # The site's configuration, not the user: fixed by a person, retried after a back-off.
+        return Result(pk, FAILED_TRANSIENTLY, exc.code)
     except ProviderNotRefreshable as exc:
         return Result(pk, SKIPPED if exc.code in NOT_NOW else FAILED_PERMANENTLY, exc.code)
     except ReauthenticationRequired as exc:

@@ -38,6 +38,7 @@ from .exceptions import (
     ImproperlyConfiguredProvider,
     ReauthenticationRequired,
     TokenRefreshUnavailable,
+    TokenRotationError,
 )
 
 logger = logging.getLogger("django_token_rotation")
@@ -139,6 +140,8 @@ class TokenEndpoint:
     jwks_uri: str | None = None
     #: ``token_type`` values besides ``Bearer`` that name a bearer token (Slack's "user").
     token_types: frozenset[str] = frozenset()
+    #: Further form parameters of the refresh (VK ID's ``device_id`` and ``state``).
+    params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,10 @@ class TokenResponse:
     refresh_expires_in: int | None = None
     id_token: str | None = field(default=None, repr=False)
     token_type: str | None = None
+    #: Set when the answer is refused for its access token (a non-Bearer type,
+    #: a malformed or missing one) but carries a new refresh token: then
+    #: ``access_token`` is empty and only ``refresh_token`` may be stored.
+    refused: TokenRotationError | None = None
 
 
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
@@ -162,7 +169,7 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
     or the client, :class:`TokenRefreshUnavailable` for everything that may work
     later (network, 5xx, 429, malformed answers).
     """
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    data = {**endpoint.params, "grant_type": "refresh_token", "refresh_token": refresh_token}
     # Always POST (RFC 6749 3.2), even for providers whose allauth adapter
     # uses GET at sign-in: a refresh token never goes into a URL, where proxies
     # and urllib3's debug log would record it.
@@ -677,29 +684,55 @@ def _optional_string(payload: dict[str, Any], key: str, provider: str) -> str | 
 
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
-def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
+def _access_token(endpoint: TokenEndpoint, payload: dict[str, Any], token_type: Any) -> str:
+    """The answer's access token, if the site can use it: present, a usable
+    string, a Bearer token (or one of the provider's names for one)."""
     provider = endpoint.provider
-    if not isinstance(payload, dict):
-        raise _malformed(provider, "the body is not a JSON object")
-    access_token = _optional_string(payload, "access_token", provider)
+    try:
+        access_token = _optional_string(payload, "access_token", provider)
+    except TokenRefreshUnavailable:
+        raise _malformed(provider, "'access_token' is not a usable string") from None
     if access_token is None:
         raise _malformed(provider, "no 'access_token'")
-    refresh_token = _optional_string(payload, "refresh_token", provider)
-    id_token = _optional_string(payload, "id_token", provider)
-    token_type = payload.get("token_type")
     if token_type is not None and not isinstance(token_type, str):
         raise _malformed(provider, "'token_type' is not a string")
     if token_type is not None and token_type.strip().lower() not in (
         "bearer",
         *endpoint.token_types,
     ):
-        # A DPoP- or MAC-bound token cannot be used the way the site uses it.
+        # A DPoP- or MAC-bound token cannot be used the way the site uses it,
+        # and the provider will issue the same kind again: retrying cannot help.
         kind = token_type[:20] if _ERROR_CODE_RE.match(token_type[:20]) else "?"
-        lost = " It carried a new refresh token, which is not stored." if refresh_token else ""
-        raise TokenRefreshUnavailable(
-            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported." + lost,
+        raise ReauthenticationRequired(
+            f"The token endpoint issued a {kind!r} token; only Bearer tokens are supported.",
             code="unsupported_token_type",
             provider=provider,
+        )
+    return access_token
+
+
+# Hides every local variable from Django's error reports (DEBUG pages, mails).
+@sensitive_variables()
+def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
+    provider = endpoint.provider
+    if not isinstance(payload, dict):
+        raise _malformed(provider, "the body is not a JSON object")
+    refresh_token = _optional_string(payload, "refresh_token", provider)
+    id_token = _optional_string(payload, "id_token", provider)
+    token_type = payload.get("token_type")
+    try:
+        access_token = _access_token(endpoint, payload, token_type)
+    except TokenRotationError as exc:
+        if refresh_token is None:
+            raise
+        # Refused for its access token, but it carries a new refresh token: the
+        # one sent may be spent (a rotating provider), so the engine stores it.
+        return TokenResponse(
+            access_token="",
+            refresh_token=refresh_token,
+            refresh_expires_in=_refresh_lifetime(payload),
+            token_type=token_type if isinstance(token_type, str) else None,
+            refused=exc,
         )
 
     raw_expires_in = payload.get(endpoint.expires_in_key)

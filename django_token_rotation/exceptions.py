@@ -123,6 +123,11 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "unsupported_provider": (True, "this provider's tokens cannot be refreshed by this app"),
     "provider_not_configured": (True, "the provider or its app cannot be resolved via allauth"),
     "insecure_endpoint": (True, "the provider's endpoint is not HTTPS (nor loopback)"),
+    "unsupported_token_type": (
+        True,
+        "the provider issues tokens that are not Bearer tokens (DPoP, MAC); a new refresh "
+        "token in the answer is stored",
+    ),
     "reauthentication_required": (True, "the user must sign in again (no detail known)"),
     # -- try later ------------------------------------------------------------
     "timeout": (False, "the provider did not answer in time"),
@@ -131,7 +136,6 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "rate_limited": (False, "HTTP 429 or slow_down: the provider asks to wait"),
     "temporarily_unavailable": (False, "the provider said temporarily_unavailable"),
     "malformed_response": (False, "the answer was not a usable token response"),
-    "unsupported_token_type": (False, "the provider sent a token that is not a Bearer token"),
     "unexpected_response": (False, "a redirect or another unexpected answer"),
     "discovery_failed": (False, "the OpenID Connect discovery document could not be read"),
     "jwks_unavailable": (False, "the provider's signing keys (JWKS) could not be fetched"),

@@ -21,6 +21,7 @@ from .conf import app_settings
 
 class Status(models.TextChoices):
     SIGN_IN_REQUIRED = "sign_in_required", _("sign-in required")
+    MISCONFIGURED = "misconfigured", _("provider not configured")
     NO_REFRESH_TOKEN = "no_refresh_token", _("no refresh token")
     FAILING = "failing", _("refresh failing (transient)")
     EXPIRED = "expired", _("expired")
@@ -29,6 +30,9 @@ class Status(models.TextChoices):
 
 
 state_of = rotation.state_of
+
+#: Error codes that a person fixes in the site's configuration, not the user.
+CONFIGURATION_ERRORS = frozenset({"provider_not_configured", "insecure_endpoint"})
 
 
 def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
@@ -40,6 +44,13 @@ def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
         return Status.SIGN_IN_REQUIRED
     if not token.token_secret:
         return Status.NO_REFRESH_TOKEN
+    if (
+        state is not None
+        and state.last_error in CONFIGURATION_ERRORS
+        and state.next_retry_at is not None
+        and not state.needs_reauth
+    ):
+        return Status.MISCONFIGURED
     if (
         state is not None
         and state.consecutive_failures
@@ -63,6 +74,8 @@ def _candidates(wanted: Status, now: datetime.datetime) -> Q:
         return Q(rotation_state__needs_reauth=True) & ~Q(token_secret="")
     if wanted == Status.NO_REFRESH_TOKEN:
         return Q(token_secret="")
+    if wanted == Status.MISCONFIGURED:
+        return Q(rotation_state__last_error__in=CONFIGURATION_ERRORS)
     if wanted == Status.FAILING:
         return Q(
             rotation_state__consecutive_failures__gt=0, rotation_state__next_retry_at__isnull=False
@@ -84,7 +97,7 @@ def _candidates(wanted: Status, now: datetime.datetime) -> Q:
 def _matching(
     queryset: QuerySet[SocialToken], candidates: Q, test: Status, now: datetime.datetime
 ) -> Iterator[tuple[int, bool]]:
-    rows = queryset.filter(candidates).select_related("rotation_state").order_by("pk")
+    rows = queryset.filter(candidates).select_related("account", "rotation_state").order_by("pk")
     for token in rows.iterator(chunk_size=500):
         yield token.pk, status(token, now) == test
 

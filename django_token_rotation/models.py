@@ -202,6 +202,15 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
             next_retry_at=None,
         )
 
+    def record_new_refresh_token(
+        self, token_id: Any, *, refresh_expires_at: datetime.datetime | None
+    ) -> None:
+        """An answer refused for its access token carried a new refresh token,
+        which is now stored: the one sent is accounted for (no longer in flight)."""
+        self._of(token_id).update(
+            inflight_fingerprint="", inflight_since=None, refresh_expires_at=refresh_expires_at
+        )
+
     def record_transient(
         self,
         token_id: Any,

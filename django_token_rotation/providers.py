@@ -8,9 +8,11 @@ adapter and its ``SocialApp`` (from the database or from
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,6 +76,13 @@ class Quirks:
     #: known: for providers documented never to send one. Before
     #: ``TOKEN_ROTATION_DEFAULT_LIFETIME``.
     lifetime: int | None = None
+    #: Values only the sign-in request carried that the token endpoint needs on
+    #: a refresh too (VK ID's ``device_id``). allauth does not store them; they
+    #: are sent from the account's ``extra_data`` when a site keeps them there,
+    #: and a token whose account lacks one is refused (``sign_in_parameter``).
+    sign_in_values: tuple[str, ...] = ()
+    #: Send a fresh random ``state`` with each refresh, as allauth does at sign-in.
+    sends_state: bool = False
 
 
 def _at_import(provider_id: str, key: str) -> str:
@@ -147,7 +156,14 @@ QUIRKS: dict[str, Quirks] = {
         handled='dead grants answered {"status": 400, "message": "Invalid refresh token"}; '
         "refresh answers without expires_in (the last known lifetime is carried forward)",
     ),
-    "vk": Quirks(refused="sign_in_parameter"),
+    "vk": Quirks(
+        handled="the sign-in's device_id, from the account's extra_data['device_id'] (allauth "
+        "does not store it: tokens without it are refused, sign_in_parameter); a fresh state",
+        settings="a SocialAccountAdapter that keeps the callback's device_id in "
+        "extra_data['device_id']",
+        sign_in_values=("device_id",),
+        sends_state=True,
+    ),
     "twitter_oauth2": Quirks(rotation="always", offline=("scope", "offline.access")),
 }
 
@@ -221,7 +237,10 @@ def refusal_reason(provider_class: type[Any]) -> str | None:
         return "custom_token_exchange"
     if adapter_class.get_client is not OAuth2Adapter.get_client:
         return "custom_token_exchange"
-    if adapter_class.get_access_token_data is not OAuth2Adapter.get_access_token_data:
+    if (
+        adapter_class.get_access_token_data is not OAuth2Adapter.get_access_token_data
+        and not quirks(provider_class.id).sign_in_values
+    ):
         return "sign_in_parameter"
     return None
 
@@ -297,12 +316,35 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
     """
     cache = _cache
     if cache is None:
-        return _resolve(token)
+        return _for_token(token, _resolve(token))
     key = (token._state.db, token.app_id, token.account.provider)
     endpoint = cache.get(key)
     if endpoint is None:
         endpoint = cache[key] = _resolve(token)
-    return endpoint
+    return _for_token(token, endpoint)
+
+
+def _for_token(token: SocialToken, endpoint: client.TokenEndpoint) -> client.TokenEndpoint:
+    """``endpoint`` with this token's own parameters (:attr:`Quirks.sign_in_values`,
+    a fresh ``state``), or the refusal when its account lacks one."""
+    wanted = quirks(endpoint.provider)
+    if not (wanted.sign_in_values or wanted.sends_state):
+        return endpoint
+    extra = token.account.extra_data if isinstance(token.account.extra_data, dict) else {}
+    params: dict[str, str] = {}
+    for name in wanted.sign_in_values:
+        value = extra.get(name)
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise ProviderNotRefreshable(
+                f"The token endpoint needs the sign-in's {name!r}, which allauth does not "
+                f"store; the account's extra_data has none [sign_in_parameter].",
+                provider=endpoint.provider,
+                token_id=token.pk,
+            )
+        params[name] = value
+    if wanted.sends_state:
+        params["state"] = str(uuid.uuid4())
+    return dataclasses.replace(endpoint, params={**endpoint.params, **params})
 
 
 def _resolve(token: SocialToken) -> client.TokenEndpoint:

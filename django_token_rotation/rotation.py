@@ -33,6 +33,7 @@ from . import client, idtoken, providers, store, transactions
 from . import expiry as expiry_module
 from .conf import app_settings
 from .exceptions import (
+    ImproperlyConfiguredProvider,
     ProviderNotRefreshable,
     ReauthenticationRequired,
     TokenRefreshUnavailable,
@@ -229,6 +230,13 @@ def _refresh_holding(flight: Flight) -> SocialToken:
         # One deadline for every HTTP call of this refresh (discovery, token, JWKS).
         with client.deadline(app_settings.TIMEOUT):
             return _send_and_store(flight, state, sent)
+    except ImproperlyConfiguredProvider as exc:
+        # A configuration error: one warning, and a back-off recorded on the
+        # token (its admin status), not a resolution on every request.
+        _stamp(exc, token)
+        _log_left_alone(exc)
+        store.record_configuration_error(token, exc)
+        raise
     except ProviderNotRefreshable as exc:
         _log_left_alone(exc)
         raise
@@ -278,6 +286,13 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     except TokenRefreshUnavailable as exc:
         store.record_transient(token, exc, elapsed=time.monotonic() - started)
         raise
+    if answer.refused is not None:
+        error = store.store_refresh_token(
+            token, answer, sent, error=answer.refused, elapsed=time.monotonic() - started
+        )
+        if error is None:
+            return token
+        raise error
     claims = _checked_id_token(token, endpoint, answer)
     if isinstance(claims, ReauthenticationRequired):
         return _refused(token, claims, sent, replay, started)

@@ -20,7 +20,7 @@ from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
 from . import client, expiry, signals
-from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
+from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
 from .models import TokenState, TokenStateQuerySet, fingerprint
 
 logger = logging.getLogger("django_token_rotation")
@@ -130,11 +130,7 @@ def store_answer(
         previous=expiry.lifetime(token, state_of(token)),
         provider=provider_key(token),
     )
-    refresh_expires_at = (
-        now + datetime.timedelta(seconds=answer.refresh_expires_in)
-        if answer.refresh_expires_in
-        else None
-    )
+    refresh_expires_at = _refresh_expires_at(answer, now)
     rotated = answer.refresh_token is not None and answer.refresh_token != sent
     written = 0
     # Inside a transaction here only in a test case's wrapper (see
@@ -225,13 +221,82 @@ def store_answer(
     return True
 
 
+def _refresh_expires_at(
+    answer: client.TokenResponse, now: datetime.datetime
+) -> datetime.datetime | None:
+    if not answer.refresh_expires_in:
+        return None
+    return now + datetime.timedelta(seconds=answer.refresh_expires_in)
+
+
+@sensitive_variables()
+def store_refresh_token(
+    token: SocialToken,
+    answer: client.TokenResponse,
+    sent: str,
+    *,
+    error: TokenRotationError,
+    elapsed: float,
+) -> TokenRotationError | None:
+    """The answer was refused for its access token (``error``) but carries a new
+    refresh token: store that one (the one sent may be spent at a rotating
+    provider), keep the access token, and record ``error``. Returns the error
+    to raise, or ``None`` when another worker stored a newer token meanwhile
+    (``token`` is reloaded)."""
+    new_secret = answer.refresh_token
+    assert new_secret is not None
+    try:
+        with transaction.atomic(using=token._state.db):
+            written = (
+                SocialToken.objects.using(token._state.db)
+                .filter(pk=token.pk, token_secret=sent)
+                .update(token_secret=new_secret)
+            )
+            if written:
+                states(token).record_new_refresh_token(
+                    token.pk, refresh_expires_at=_refresh_expires_at(answer, expiry.now())
+                )
+    except DatabaseError:
+        logger.error(
+            "Could not store the new refresh token of token %s of provider %s (database "
+            "error); the provider's answer is lost.",
+            token.pk,
+            provider_key(token),
+        )
+        raise TokenRefreshUnavailable(
+            "The refresh token could not be stored.",
+            code="database_error",
+            provider=provider_key(token),
+            token_id=token.pk,
+        ) from None
+    if not written:
+        reload(token)
+        return None
+    token.token_secret = new_secret
+    logger.warning(
+        "Provider %s answered the refresh of token %s with an unusable access token (%s); "
+        "its new refresh token was stored.",
+        provider_key(token),
+        token.pk,
+        error.code,
+    )
+    error.message += " The new refresh token in the answer was stored."
+    if isinstance(error, ReauthenticationRequired):
+        # Recorded against the refresh token stored now, so that it blocks
+        # further attempts (and the admin's "clear error" retries with it).
+        _record_permanent(token, error, new_secret, elapsed=elapsed)
+    elif isinstance(error, TokenRefreshUnavailable):
+        record_transient(token, error, elapsed=elapsed)
+    return error
+
+
 @sensitive_variables()
 def record_refusal(
     token: SocialToken, exc: ReauthenticationRequired, sent: str, *, replay: bool, elapsed: float
 ) -> ReauthenticationRequired | None:
     """The provider refused ``sent``. Returns the error to raise, or ``None``
     when another worker rotated the token meanwhile (``token`` now holds it)."""
-    state = reload(token)
+    reload(token)
     if token.token_secret != sent:
         # Someone else rotated the token after we read it: the provider
         # refused a refresh token that is no longer ours to use.
@@ -257,8 +322,19 @@ def record_refusal(
             token.pk,
             provider_key(token),
         )
-    states(token).record_refusal(token.pk, sent_fingerprint=fingerprint(sent), code=exc.code)
-    state.refresh_from_db()
+    _record_permanent(token, exc, sent, elapsed=elapsed)
+    return exc
+
+
+@sensitive_variables()
+def _record_permanent(
+    token: SocialToken, exc: ReauthenticationRequired, secret: str, *, elapsed: float
+) -> None:
+    """The refresh token ``secret`` (the stored one) is refused: sign-in required."""
+    states(token).record_refusal(token.pk, sent_fingerprint=fingerprint(secret), code=exc.code)
+    state = state_of(token)
+    if state is not None:
+        state.refresh_from_db()
     logger.warning(
         "Provider %s refused the refresh of token %s (%s): the user must sign in again.",
         provider_key(token),
@@ -274,7 +350,6 @@ def record_refusal(
         retry_at=None,
         duration=elapsed,
     )
-    return exc
 
 
 def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapsed: float) -> None:
@@ -314,6 +389,20 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
         retry_at=retry_at,
         duration=elapsed,
     )
+
+
+def record_configuration_error(token: SocialToken, exc: TokenRotationError) -> None:
+    """The provider or its app cannot be resolved (``provider_not_configured``,
+    ``insecure_endpoint``): nothing was sent. Recorded on the token with the
+    gentle back-off (a person fixes a configuration; the admin's "refresh now"
+    retries at once), so that it is not resolved again on every request."""
+    state = load_state(token)
+    failures = state.consecutive_failures + 1
+    retry_at = expiry.now() + datetime.timedelta(seconds=expiry.backoff(failures))
+    states(token).record_transient(
+        token.pk, code=exc.code, failures=failures, retry_at=retry_at, not_processed=True
+    )
+    state.consecutive_failures, state.last_error, state.next_retry_at = failures, exc.code, retry_at
 
 
 def store_claims(token: SocialToken, claims: dict[str, Any]) -> None:

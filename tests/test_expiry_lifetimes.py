@@ -208,3 +208,10 @@ def test_the_admin_explains_refresh_token_expiry() -> None:
     field = TokenState._meta.get_field("refresh_expires_at")
     assert "refresh_token_expires_in" in str(field.help_text)
     assert "--refresh-within" in str(field.help_text)
+
+
+def test_issue_time_without_an_account_is_when_the_token_was_first_seen() -> None:
+    token = SocialToken(token="opaque", token_secret="r")
+    assert expiry.issued_at(token) is None
+    state = TokenState(created_at=timezone.now())
+    assert expiry.issued_at(token, state) == state.created_at

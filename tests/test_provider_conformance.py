@@ -32,6 +32,7 @@ from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.socialaccount.providers import registry
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
+from django.utils import timezone
 
 from django_token_rotation import ProviderNotRefreshable, providers, refresh
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
@@ -181,7 +182,11 @@ def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
 
 def make_token(cls: type[Any], app: SocialApp, django_user_model: Any) -> SocialToken:
     user = django_user_model.objects.create(username=f"user-{cls.id}")
-    account = SocialAccount.objects.create(user=user, provider=app.provider_id or cls.id, uid="1")
+    # What a site keeps for providers that need sign-in values on refresh (VK ID).
+    extra = {name: f"{name}-of-the-sign-in" for name in providers.quirks(cls.id).sign_in_values}
+    account = SocialAccount.objects.create(
+        user=user, provider=app.provider_id or cls.id, uid="1", extra_data=extra
+    )
     return SocialToken.objects.create(
         app=app, account=account, token="old-access", token_secret="old-refresh"
     )
@@ -240,6 +245,10 @@ def test_refreshes_as_allauth_signs_in(
         assert request.form["client_secret"] == f"secret-{cls.id}"
     for name, value in headers.items():
         assert request.headers.get(name) == value, name
+    quirks = providers.quirks(cls.id)
+    for name in quirks.sign_in_values:
+        assert request.form[name] == f"{name}-of-the-sign-in"
+    assert ("state" in request.form) == quirks.sends_state
     token.refresh_from_db()
     assert (token.token, token.token_secret) == ("fresh-access", "fresh-refresh")
 
@@ -311,6 +320,50 @@ def test_tiktok_sends_client_key(site: ScriptedServer, django_user_model: Any) -
     [request] = site.received
     assert request.form["client_key"] == "id-tiktok"
     assert "client_id" not in request.form
+
+
+def test_vk_id_sends_the_sign_ins_device_id_and_a_fresh_state(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("vk")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    refresh(token, force=True)
+    refresh(token, force=True)
+    first, second = site.received
+    assert first.path == second.path == "/id.vk.ru/oauth2/auth"
+    assert first.form["device_id"] == second.form["device_id"] == "device_id-of-the-sign-in"
+    assert first.form["state"] != second.form["state"]
+    assert len(first.form["state"]) >= 32
+
+
+def test_vk_id_without_the_device_id_is_refused_with_its_reason(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # What allauth stores by itself: no device_id anywhere.
+    cls = registry.get_class("vk")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialAccount.objects.filter(pk=token.account_id).update(extra_data={"user_id": "1"})
+    token = SocialToken.objects.select_related("account").get(pk=token.pk)
+    with pytest.raises(ProviderNotRefreshable) as caught:
+        refresh(token, force=True)
+    assert caught.value.code == "unsupported_provider"
+    assert "[sign_in_parameter]" in str(caught.value) and "device_id" in str(caught.value)
+    assert site.received == []
+
+
+def test_feishu_is_refused_its_adapter_builds_its_own_client(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # feishu's adapter overrides get_client (FeishuOAuth2Client: an app access
+    # token first, a JSON body, the answer under "data"): a standard refresh
+    # would go to its code-exchange URL.
+    cls = registry.get_class("feishu")
+    assert providers.refusal_reason(cls) == "custom_token_exchange"
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ProviderNotRefreshable) as caught:
+        refresh(token, force=True)
+    assert "[custom_token_exchange]" in str(caught.value)
+    assert site.received == []
 
 
 # -- resolution failures are configuration errors, not crashes ----------------
@@ -482,3 +535,49 @@ def test_w007_reads_allauths_default_scope(server: ScriptedServer) -> None:
         "atlassian",
         "salesforce",
     }
+
+
+# -- resolution with and without a request -------------------------------------
+
+
+def test_every_provider_resolves_the_same_inside_and_outside_a_request(
+    site: ScriptedServer, django_user_model: Any, rf: Any
+) -> None:
+    """The command and tasks resolve without a request (allauth's adapters get an
+    empty one); a web request must give the same endpoint, and no provider
+    crashes either way (refused ones are refused with their reason)."""
+    from allauth.core import context
+
+    for cls in CLASSES:
+        token = make_token(cls, make_app(cls, site), django_user_model)
+        outside: Any
+        try:
+            outside = providers.resolve(token).url
+        except ProviderNotRefreshable as exc:
+            outside = exc.code
+        request = rf.get("/accounts/", {"shop": "x.myshopify.com", "region": "eu"})
+        with context.request_context(request):
+            try:
+                inside: Any = providers.resolve(token).url
+            except ProviderNotRefreshable as exc:
+                inside = exc.code
+        assert inside == outside, cls.id
+        assert (outside == "unsupported_provider") == (cls in REFUSED), cls.id
+
+
+def test_battlenet_refreshes_from_the_command(
+    site: ScriptedServer, settings: Any, django_user_model: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.SOCIALACCOUNT_PROVIDERS = {"battlenet": {"REGION": "eu"}}
+    cls = registry.get_class("battlenet")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+    call_command("refresh_tokens", stdout=StringIO())
+    [request] = site.received
+    assert request.path == "/oauth.battle.net/token"
+    token.refresh_from_db()
+    assert token.token_secret == "new-refresh"

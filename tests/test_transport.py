@@ -8,7 +8,11 @@ import pytest
 from allauth.socialaccount.models import SocialApp
 from django.utils import timezone
 
-from django_token_rotation import ProviderNotRefreshable, TokenRefreshUnavailable, get_access_token
+from django_token_rotation import (
+    ProviderNotRefreshable,
+    ReauthenticationRequired,
+    get_access_token,
+)
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
 from tests.conftest import MakeToken
@@ -93,8 +97,10 @@ def test_only_bearer_tokens_are_accepted(
 ) -> None:
     token = make_token()
     scripted.script(tokens(token_type=token_type))
-    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+    with pytest.raises(ReauthenticationRequired) as excinfo:
         get_access_token(user, "fake")
     assert excinfo.value.code == "unsupported_token_type"
     token.refresh_from_db()
-    assert token.token_secret == "old-refresh"
+    # The access token is not used; the new refresh token is kept
+    # (tests/test_refresh_token_kept.py).
+    assert (token.token, token.token_secret) == ("old-access", "new-refresh")
