@@ -30,6 +30,7 @@ import requests
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.socialaccount.providers import registry
+from allauth.socialaccount.providers.base import Provider
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils import timezone
@@ -67,6 +68,16 @@ def provider_classes() -> list[type[Any]]:
             continue
         for cls in getattr(provider_module, "provider_classes", []):
             found[cls.id] = cls
+        # Some register themselves instead (providers.registry.register(...)):
+        # Clever, Dropbox, Figma, Salesforce.
+        for obj in vars(provider_module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Provider)
+                and obj.__module__ == name
+                and "id" in vars(obj)
+            ):
+                found.setdefault(vars(obj)["id"], obj)
     return [found[key] for key in sorted(found)]
 
 
@@ -174,7 +185,8 @@ def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
         name=cls.id,
         client_id=f"id-{cls.id}",
         secret=f"secret-{cls.id}",
-        key="key",
+        # Salesforce reads its instance URL from the app's key.
+        key="https://login.salesforce.com" if cls.id == "salesforce" else "key",
         settings=app_settings,
         **extra,
     )
@@ -211,7 +223,8 @@ def expected_request(cls: type[Any], app: SocialApp) -> tuple[str, bool, str, di
 
 def test_every_allauth_provider_is_classified() -> None:
     # The survey of allauth 65.22: 125 provider classes.
-    assert len(CLASSES) >= 120
+    assert len(CLASSES) >= 125
+    assert {"clever", "dropbox", "figma", "salesforce"} <= {cls.id for cls in CLASSES}
     assert len(REFRESHABLE) >= 95
     for cls in REFUSED:
         assert providers.refusal_reason(cls) in providers.REFUSAL_REASONS
@@ -402,6 +415,19 @@ def test_a_base_url_missing_from_settings_is_a_configuration_error(
     cls = registry.get_class("okta")
     monkeypatch.setattr(cls.oauth2_adapter_class, "okta_base_url", None)
     token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider):
+        providers.resolve(token)
+    assert site.received == []
+
+
+def test_salesforce_without_its_instance_url_is_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("salesforce")
+    app = make_app(cls, site)
+    app.key = ""
+    app.save()
+    token = make_token(cls, app, django_user_model)
     with pytest.raises(ImproperlyConfiguredProvider):
         providers.resolve(token)
     assert site.received == []
