@@ -16,6 +16,7 @@ rewrites it).
 from __future__ import annotations
 
 import base64
+import datetime
 import importlib
 import os
 import pkgutil
@@ -418,6 +419,41 @@ def test_a_base_url_missing_from_settings_is_a_configuration_error(
     with pytest.raises(ImproperlyConfiguredProvider):
         providers.resolve(token)
     assert site.received == []
+
+
+def test_salesforce_answers_without_expires_in_get_its_documented_lifetime(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # Salesforce's refresh answer: instance_url, id, issued_at, signature; never expires_in.
+    cls = registry.get_class("salesforce")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    site.script(tokens(expires_in=None, refresh=None, issued_at="1764931200000"))
+    refresh(token, force=True)
+    [request] = site.received
+    assert request.path == "/login.salesforce.com/services/oauth2/token"
+    token.refresh_from_db()
+    assert token.expires_at is not None
+    lifetime = (token.expires_at - timezone.now()).total_seconds()
+    assert 890 < lifetime <= 900
+    assert token.token_secret == "old-refresh"  # Salesforce does not rotate
+
+
+def test_twitch_refresh_answers_keep_the_sign_ins_lifetime(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # Twitch documents its refresh answer without expires_in; its sign-in had one.
+    cls = registry.get_class("twitch")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialToken.objects.filter(pk=token.pk).update(
+        expires_at=token.account.last_login + datetime.timedelta(seconds=14400)
+    )
+    token.refresh_from_db()
+    site.script(tokens(expires_in=None, scope=["user:read:email"]))
+    refresh(token, force=True)
+    token.refresh_from_db()
+    assert token.expires_at is not None
+    lifetime = (token.expires_at - timezone.now()).total_seconds()
+    assert 14390 < lifetime <= 14400
 
 
 def test_salesforce_without_its_instance_url_is_a_configuration_error(
