@@ -140,6 +140,8 @@ QUIRKS: dict[str, Quirks] = {
         rotation="never",
         handled="no expires_in ever: the access token lives as long as the org's session "
         "timeout (15 minutes to 24 hours), assumed 15 minutes",
+        settings="the app's key: the instance URL (https://login.salesforce.com or the org's "
+        "My Domain URL)",
         offline=("scope", "refresh_token"),
         lifetime=15 * 60,
     ),

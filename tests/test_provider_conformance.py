@@ -16,6 +16,7 @@ rewrites it).
 from __future__ import annotations
 
 import base64
+import datetime
 import importlib
 import os
 import pkgutil
@@ -30,6 +31,7 @@ import requests
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.socialaccount.providers import registry
+from allauth.socialaccount.providers.base import Provider
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils import timezone
@@ -67,6 +69,16 @@ def provider_classes() -> list[type[Any]]:
             continue
         for cls in getattr(provider_module, "provider_classes", []):
             found[cls.id] = cls
+        # Some register themselves instead (providers.registry.register(...)):
+        # Clever, Dropbox, Figma, Salesforce.
+        for obj in vars(provider_module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Provider)
+                and obj.__module__ == name
+                and "id" in vars(obj)
+            ):
+                found.setdefault(vars(obj)["id"], obj)
     return [found[key] for key in sorted(found)]
 
 
@@ -174,7 +186,8 @@ def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
         name=cls.id,
         client_id=f"id-{cls.id}",
         secret=f"secret-{cls.id}",
-        key="key",
+        # Salesforce reads its instance URL from the app's key.
+        key="https://login.salesforce.com" if cls.id == "salesforce" else "key",
         settings=app_settings,
         **extra,
     )
@@ -211,7 +224,8 @@ def expected_request(cls: type[Any], app: SocialApp) -> tuple[str, bool, str, di
 
 def test_every_allauth_provider_is_classified() -> None:
     # The survey of allauth 65.22: 125 provider classes.
-    assert len(CLASSES) >= 120
+    assert len(CLASSES) >= 125
+    assert {"clever", "dropbox", "figma", "salesforce"} <= {cls.id for cls in CLASSES}
     assert len(REFRESHABLE) >= 95
     for cls in REFUSED:
         assert providers.refusal_reason(cls) in providers.REFUSAL_REASONS
@@ -402,6 +416,54 @@ def test_a_base_url_missing_from_settings_is_a_configuration_error(
     cls = registry.get_class("okta")
     monkeypatch.setattr(cls.oauth2_adapter_class, "okta_base_url", None)
     token = make_token(cls, make_app(cls, site), django_user_model)
+    with pytest.raises(ImproperlyConfiguredProvider):
+        providers.resolve(token)
+    assert site.received == []
+
+
+def test_salesforce_answers_without_expires_in_get_its_documented_lifetime(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # Salesforce's refresh answer: instance_url, id, issued_at, signature; never expires_in.
+    cls = registry.get_class("salesforce")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    site.script(tokens(expires_in=None, refresh=None, issued_at="1764931200000"))
+    refresh(token, force=True)
+    [request] = site.received
+    assert request.path == "/login.salesforce.com/services/oauth2/token"
+    token.refresh_from_db()
+    assert token.expires_at is not None
+    lifetime = (token.expires_at - timezone.now()).total_seconds()
+    assert 890 < lifetime <= 900
+    assert token.token_secret == "old-refresh"  # Salesforce does not rotate
+
+
+def test_twitch_refresh_answers_keep_the_sign_ins_lifetime(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    # Twitch documents its refresh answer without expires_in; its sign-in had one.
+    cls = registry.get_class("twitch")
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    SocialToken.objects.filter(pk=token.pk).update(
+        expires_at=token.account.last_login + datetime.timedelta(seconds=14400)
+    )
+    token.refresh_from_db()
+    site.script(tokens(expires_in=None, scope=["user:read:email"]))
+    refresh(token, force=True)
+    token.refresh_from_db()
+    assert token.expires_at is not None
+    lifetime = (token.expires_at - timezone.now()).total_seconds()
+    assert 14390 < lifetime <= 14400
+
+
+def test_salesforce_without_its_instance_url_is_a_configuration_error(
+    site: ScriptedServer, django_user_model: Any
+) -> None:
+    cls = registry.get_class("salesforce")
+    app = make_app(cls, site)
+    app.key = ""
+    app.save()
+    token = make_token(cls, app, django_user_model)
     with pytest.raises(ImproperlyConfiguredProvider):
         providers.resolve(token)
     assert site.received == []
