@@ -177,19 +177,7 @@ def store_answer(
                 expires_at,
             )
             return False
-        logger.error(
-            "Could not store the refreshed token %s of provider %s (database error); "
-            "the provider's answer is lost.",
-            token.pk,
-            provider_key(token),
-            exc_info=False,
-        )
-        raise TokenRefreshUnavailable(
-            "The refreshed token could not be stored.",
-            code="database_error",
-            provider=provider_key(token),
-            token_id=token.pk,
-        ) from None
+        raise _answer_lost(token, "the refreshed token", "The refreshed token") from None
     if not written:
         reload(token)
         logger.warning(
@@ -257,18 +245,7 @@ def store_refresh_token(
                     token.pk, refresh_expires_at=_refresh_expires_at(answer, expiry.now())
                 )
     except DatabaseError:
-        logger.error(
-            "Could not store the new refresh token of token %s of provider %s (database "
-            "error); the provider's answer is lost.",
-            token.pk,
-            provider_key(token),
-        )
-        raise TokenRefreshUnavailable(
-            "The refresh token could not be stored.",
-            code="database_error",
-            provider=provider_key(token),
-            token_id=token.pk,
-        ) from None
+        raise _answer_lost(token, "the new refresh token of token", "The refresh token") from None
     if not written:
         reload(token)
         return None
@@ -429,3 +406,20 @@ def send_on_commit(signal: Any, **kwargs: Any) -> None:
                 )
 
     transaction.on_commit(send, using=token._state.db)
+
+
+def _answer_lost(token: SocialToken, logged: str, told: str) -> TokenRefreshUnavailable:
+    """A provider's answer the database failed to store: logged (what, never the
+    token) and returned as the ``database_error`` the caller raises."""
+    logger.error(
+        f"Could not store {logged} %s of provider %s (database error); "
+        "the provider's answer is lost.",
+        token.pk,
+        provider_key(token),
+    )
+    return TokenRefreshUnavailable(
+        f"{told} could not be stored.",
+        code="database_error",
+        provider=provider_key(token),
+        token_id=token.pk,
+    )
