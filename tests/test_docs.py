@@ -150,7 +150,9 @@ def test_readme_and_docs_link_to_the_addresses_of_setup_cfg() -> None:
     move is one edit of setup.cfg and a failing test, not a dead link on the index."""
     urls = setup_cfg_urls()
     source, documentation = urls["Source"], urls["Documentation"]
-    files = [ROOT / "README.md", ROOT / "SECURITY.md", ROOT / "CONTRIBUTING.md"]
+    files = [
+        ROOT / name for name in ("README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md")
+    ]
     files += sorted(DOCS.glob("*.rst"))
     for path in files:
         for link in LINK.findall(path.read_text()):
