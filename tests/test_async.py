@@ -199,7 +199,7 @@ DATABASES = [
     pytest.param("default", id="sqlite-file"),
     pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
 ]
-APPLICATION_NAME = "token-rotation-uvicorn"
+APPLICATION_NAME = f"token-rotation-uvicorn-{os.getpid()}"
 
 
 def free_port() -> int:
