@@ -21,7 +21,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from . import client, expiry, signals
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
-from .models import TokenState, TokenStateQuerySet, fingerprint
+from .models import RefreshEvent, TokenState, TokenStateQuerySet, fingerprint
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -158,6 +158,8 @@ def store_answer(
                     signals.token_refreshed,
                     token=token,
                     provider=provider_key(token),
+                    outcome=RefreshEvent.Outcome.REFRESHED,
+                    code=None,
                     rotated=rotated,
                     duration=elapsed,
                 )
@@ -322,6 +324,7 @@ def _record_permanent(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_PERMANENT,
         code=exc.code,
         permanent=True,
         retry_at=None,
@@ -361,6 +364,7 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_TRANSIENT,
         code=exc.code,
         permanent=False,
         retry_at=retry_at,
