@@ -7,7 +7,7 @@ Both carry the same four keys, so that one receiver can count every outcome:
   ``provider_id``);
 * ``outcome``: ``"refreshed"``, ``"failed_transient"`` (a later attempt may
   succeed) or ``"failed_permanent"`` (the user must sign in again): the values
-  of :class:`~django_token_rotation.models.RefreshEvent.Outcome`, a ``str``;
+  of ``RefreshEvent.Outcome`` (the refresh history's), a ``str``;
 * ``code``: the stable error code of :data:`~django_token_rotation.exceptions.ERROR_CODES`
   (``None`` for a success);
 * ``duration``: seconds the token endpoint took (``float``).
