@@ -21,6 +21,7 @@ Nothing here imports the request layer.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -42,7 +43,22 @@ if TYPE_CHECKING:
 #: closed when its call ends); callers beyond it queue for a thread.
 MAX_THREADS = 8
 
-_pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="token-rotation")
+
+def _new_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="token-rotation")
+
+
+_pool = _new_pool()
+
+
+def _after_fork() -> None:
+    # A forked worker (gunicorn --preload, multiprocessing) has none of the parent's
+    # threads: a pool that believes it has some would never run a call.
+    global _pool
+    _pool = _new_pool()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -264,6 +264,8 @@ def uvicorn(alias: str, token_url: str) -> Iterator[tuple[str, int]]:
             log.seek(0)
             output = log.read().decode()
             assert "Traceback" not in output, output[-3000:]
+            for secret in ("old-access", "old-refresh", "new-access", "new-refresh"):
+                assert secret not in output
 
 
 def server_connections(alias: str, pid: int) -> int:
@@ -331,3 +333,37 @@ def test_64_concurrent_async_requests_under_uvicorn_refresh_once(
     assert after <= baseline
     token = SocialToken.objects.using(alias).get()
     assert (token.token, token.token_secret) == ("new-access", "new-refresh")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_forked_child_gets_a_pool_of_its_own(
+    make_token: MakeToken, fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    """The parent refreshed on the pool before the fork (gunicorn ``--preload``,
+    multiprocessing): the child's refresh still runs, on a pool of its own.
+    (asgiref's own thread-sensitive executor has no such guard: the child here
+    uses only ours.)"""
+    token = make_token()
+    assert asyncio.run(arefresh(token, force=True)).token == "new-access"
+    scripted.script(tokens("child-access", "child-refresh"))
+    connections.close_all()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running pytest's exit handlers
+        code = 1
+        with os.fdopen(write_end, "w") as out:
+            try:
+                refreshed = asyncio.run(asyncio.wait_for(arefresh(token, force=True), 20))
+                out.write(str(refreshed.token))
+                code = 0
+            except BaseException as exc:
+                out.write(type(exc).__name__)
+            finally:
+                out.flush()
+                os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as answer:
+        result = answer.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, result
+    assert result == "child-access"
