@@ -18,7 +18,7 @@ from django_token_rotation import background
 from django_token_rotation.models import RefreshEvent, TokenState
 from tests.conftest import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
-from tests.test_command import TOKENS, _seed
+from tests.test_refresh_tokens import TOKENS, _seed
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 

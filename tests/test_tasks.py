@@ -28,7 +28,7 @@ from django_token_rotation import background, tasks
 from django_token_rotation.models import TokenState
 from tests.conftest import IN_CI, SECRETS, MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_command import TOKENS, _seed, run
+from tests.test_refresh_tokens import TOKENS, _seed, run
 from tests.test_concurrency import ROOT, worker_env
 
 REDIS = ("127.0.0.1", int(os.environ.get("TOKEN_ROTATION_TEST_REDIS_PORT", "6379")))
