@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint docs clean
+.PHONY: test demo lint docs settings-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: $(VENV)/.test-installed
 docs: $(VENV)/.test-installed
 	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+
+# docs/settings.rst from the docstrings of django_token_rotation/conf.py (tests/test_docs.py
+# fails while the page is not current).
+settings-doc: $(VENV)/.test-installed
+	$(BIN)/python -c "from django_token_rotation.conf import settings_reference as r; \
+	open('docs/settings.rst', 'w').write(r())"
 
 clean:
 	rm -rf $(VENV) docs/_build .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info
