@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint docs settings-doc clean
+.PHONY: test demo lint docs settings-doc screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ docs: $(VENV)/.test-installed
 settings-doc: $(VENV)/.test-installed
 	$(BIN)/python -c "from django_token_rotation.conf import settings_reference as r; \
 	open('docs/settings.rst', 'w').write(r())"
+
+# The pictures of the manual (docs/admin-*.png, docs/demo-*.png), taken at 1280 px by the
+# browser tests (Debian's chromium through Playwright).
+screenshots: $(VENV)/.test-installed
+	TOKEN_ROTATION_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_admin_browser.py tests/test_demo_browser.py
 
 clean:
 	rm -rf $(VENV) docs/_build .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info
