@@ -220,11 +220,13 @@ def check_request_context_processor(
 
 
 def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
+    from .conf import docs_url
+
     return checks.Warning(
         f"The {provider} app ({where}) does not ask for refresh tokens: {what}.",
         hint="Without a refresh token the user has to sign in again whenever the access "
         "token expires. Silence token_rotation.W007 if this provider issues refresh tokens "
-        "anyway.",
+        f"anyway. How each provider issues them: {docs_url('providers')}",
         id="token_rotation.W007",
     )
 
