@@ -211,3 +211,17 @@ def test_the_readme_has_no_relative_link() -> None:
     assert targets
     relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
     assert relative == []
+
+
+def test_the_version_is_set_once_in_setup_cfg() -> None:
+    import configparser
+
+    import django_token_rotation
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    version = parser.get("metadata", "version")
+    assert django_token_rotation.__version__ == version
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "a release version (semantic versioning)"
+    # The changelog has an entry for it.
+    assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()
