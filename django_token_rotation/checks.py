@@ -146,6 +146,21 @@ def _check_settings() -> list[checks.CheckMessage]:
     return errors
 
 
+@checks.register(checks.Tags.compatibility)
+def check_deprecated_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A deprecated setting still set: what replaces it (conf.DEPRECATED)."""
+    from .conf import deprecated_settings_in_use, docs_url
+
+    return [
+        checks.Warning(
+            f"{name} is deprecated and will be removed in 2.0: {replacement}.",
+            hint=f"Remove {name} from your settings: {docs_url('settings', 'deprecated-settings')}",
+            id="token_rotation.W101",
+        )
+        for name, replacement in deprecated_settings_in_use()
+    ]
+
+
 # -- what a newcomer trips on and allauth does not report ------------------------
 
 REQUEST_PROCESSOR = "django.template.context_processors.request"
@@ -205,11 +220,13 @@ def check_request_context_processor(
 
 
 def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
+    from .conf import docs_url
+
     return checks.Warning(
         f"The {provider} app ({where}) does not ask for refresh tokens: {what}.",
         hint="Without a refresh token the user has to sign in again whenever the access "
         "token expires. Silence token_rotation.W007 if this provider issues refresh tokens "
-        "anyway.",
+        f"anyway. How each provider issues them: {docs_url('providers')}",
         id="token_rotation.W007",
     )
 

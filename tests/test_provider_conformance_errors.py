@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from allauth.socialaccount.models import SocialApp, SocialToken
+from allauth.socialaccount.models import SocialApp
 
 from django_token_rotation import (
     ReauthenticationRequired,
     TokenRefreshUnavailable,
     get_access_token,
 )
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, stored
 from tests.scripted_server import Reply, ScriptedServer
 
 pytestmark = pytest.mark.django_db
@@ -66,10 +66,6 @@ TEMPORARY = {
         "unexpected_response",
     ),
 }
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 @pytest.mark.parametrize("reply", DEAD_GRANTS.values(), ids=DEAD_GRANTS.keys())
