@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,11 +39,9 @@ from django_token_rotation import (
     get_access_token,
 )
 from django_token_rotation.aio import MAX_THREADS
-from tests.conftest import MakeToken
+from tests.helpers import ALIASES, ROOT, MakeToken, free_port, seed
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
-from tests.test_concurrency import ALIASES, seed
 
-ROOT = Path(__file__).resolve().parent.parent
 CALLERS = 64
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
@@ -200,12 +197,6 @@ DATABASES = [
     pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
 ]
 APPLICATION_NAME = f"token-rotation-uvicorn-{os.getpid()}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from django_token_rotation.http import (
     google_credentials,
     should_refresh,
 )
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, connect
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = [pytest.mark.usefixtures("hidden_secrets"), pytest.mark.django_db(transaction=True)]
@@ -477,8 +477,6 @@ def test_a_token_the_provider_no_longer_honours_is_replaced_once(provider: Any) 
     valid for an hour (a provider that shortened it, a clock skew). 16 concurrent
     calls to the provider's userinfo API get a 401; one refresh (rotating the
     refresh token) replaces the token, and every call succeeds."""
-    from tests.test_with_provider import connect
-
     provider.set_access_token_lifetime(1)
     try:
         user, token = connect("default", provider)
