@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.urls import Resolver404, resolve, reverse
 from django.urls.exceptions import NoReverseMatch
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext
 
 from . import REFRESH_ACCESS_TOKEN_ERROR, providers, rotation
 from . import session as token_session
@@ -194,6 +195,11 @@ def interrupt(request: HttpRequest, error: dict[str, Any]) -> HttpResponse | Non
                 "error": REFRESH_ACCESS_TOKEN_ERROR,
                 "provider": error.get("provider"),
                 "reauth_url": reauth_url(request, error, next_url),
+                # In the request's language (LocaleMiddleware), for the page to show as is.
+                "message": gettext(
+                    "Your sign-in with %(provider)s has expired. Please sign in again to continue."
+                )
+                % {"provider": error.get("provider_name") or error.get("provider")},
             },
             status=401,
         )
