@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint docs clean
+.PHONY: test demo lint docs providers-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(VENV)/.test-installed
 docs: $(VENV)/.test-installed
 	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+
+# The generated tables of docs/providers.rst, from the provider registry.
+providers-doc: $(VENV)/.test-installed
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -c 'import sys, django; django.setup(); \
+	from django_token_rotation.providers.docs import main; sys.exit(main(["docs/providers.rst"]))'
 
 clean:
 	rm -rf $(VENV) docs/_build .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info

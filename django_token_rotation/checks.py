@@ -217,8 +217,8 @@ def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
 def offline_access_problems(
     provider: str, scope: Iterable[str] | None, auth_params: dict[str, Any] | None, where: str
 ) -> list[checks.CheckMessage]:
-    """Warnings for one app, from the opt-ins of the provider quirks table
-    (``providers.QUIRKS``: Google's access_type=offline, offline_access, X's
+    """Warnings for one app, from the opt-ins of the provider registry
+    (``providers.registry``: Google's access_type=offline, offline_access, X's
     offline.access, Dropbox's token_access_type=offline...)."""
     from .providers import offline_access_missing
 
