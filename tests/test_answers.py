@@ -1,4 +1,4 @@
-"""store.interpret and store.judge_error: what an answer leads to, before anything is
+"""answers.interpret and answers.judge_error: what an answer leads to, before anything is
 written. Pure functions, tested as tables; the writing is tested through the engine
 (test_refresh_token_kept.py, test_lost_rotation.py, test_rotation.py)."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from django_token_rotation import client, store
+from django_token_rotation import answers, client
 from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.idtoken import IdTokenRejected
 
@@ -24,15 +24,15 @@ def answer(**fields: Any) -> client.TokenResponse:
     return client.TokenResponse(**{"access_token": "new-access", **fields})
 
 
-def outcome(**fields: Any) -> store.Outcome:
-    return store.Outcome(**fields)
+def outcome(**fields: Any) -> answers.Outcome:
+    return answers.Outcome(**fields)
 
 
 HOUR = NOW + datetime.timedelta(hours=1)
 DAY = NOW + datetime.timedelta(days=1)
 
 #: (answer, ID token verdict, previous lifetime) -> the outcome.
-CASES: dict[str, tuple[client.TokenResponse, Any, float | None, store.Outcome]] = {
+CASES: dict[str, tuple[client.TokenResponse, Any, float | None, answers.Outcome]] = {
     "rotated": (
         answer(refresh_token="new-refresh", expires_in=3600),
         None,
@@ -128,9 +128,9 @@ CASES: dict[str, tuple[client.TokenResponse, Any, float | None, store.Outcome]] 
 
 @pytest.mark.parametrize(("given", "verdict", "previous", "expected"), CASES.values(), ids=CASES)
 def test_interpret(
-    given: client.TokenResponse, verdict: Any, previous: float | None, expected: store.Outcome
+    given: client.TokenResponse, verdict: Any, previous: float | None, expected: answers.Outcome
 ) -> None:
-    got = store.interpret(
+    got = answers.interpret(
         given, "sent", id_token=verdict, now=NOW, previous_lifetime=previous, provider="p"
     )
     assert got == expected
@@ -144,7 +144,7 @@ def test_interpret_reads_a_jwt_access_tokens_expiry() -> None:
 
     exp = int((NOW + datetime.timedelta(minutes=10)).timestamp())
     access = jwt.encode({"exp": exp}, "k" * 32, algorithm="HS256")
-    got = store.interpret(
+    got = answers.interpret(
         answer(access_token=access),
         "sent",
         id_token=None,
@@ -160,7 +160,7 @@ def test_an_outcome_never_shows_a_token() -> None:
     assert "new-access" not in shown and "new-refresh" not in shown and "a@example" not in shown
 
 
-U, C = store.UNCONFIRMED, store.CONFIRMED
+U, C = answers.UNCONFIRMED, answers.CONFIRMED
 
 #: (code, replay, the stored last error) -> the code recorded.
 JUDGED = [
@@ -178,4 +178,4 @@ JUDGED = [
 
 @pytest.mark.parametrize(("code", "replay", "previous", "expected"), JUDGED)
 def test_judge_error(code: str, replay: bool, previous: str, expected: str) -> None:
-    assert store.judge_error(code, replay=replay, previous_error=previous) == expected
+    assert answers.judge_error(code, replay=replay, previous_error=previous) == expected
