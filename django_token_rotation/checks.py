@@ -146,6 +146,30 @@ def _check_settings() -> list[checks.CheckMessage]:
     return errors
 
 
+@checks.register(checks.Tags.compatibility)
+def check_provider_errors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Shapes in ``TOKEN_ROTATION_PROVIDER_ERRORS`` that no answer can ever match."""
+    from .conf import app_settings
+    from .providers.registry import SHAPE
+
+    try:
+        configured = app_settings.PROVIDER_ERRORS
+    except ImproperlyConfigured:
+        return []  # E005
+    return [
+        checks.Warning(
+            f"TOKEN_ROTATION_PROVIDER_ERRORS[{provider!r}] names the shape {shape[:80]!r}, "
+            "which no answer can match: the rule is never used.",
+            hint="Shapes are an error code, graph:<number>, message:<text in lower case>, "
+            "field:<field>:<code>, http:<status> or http:<status>:empty (docs/providers.rst).",
+            id="token_rotation.W010",
+        )
+        for provider, shapes in configured.items()
+        for shape in shapes
+        if not SHAPE.fullmatch(shape)
+    ]
+
+
 # -- what a newcomer trips on and allauth does not report ------------------------
 
 REQUEST_PROCESSOR = "django.template.context_processors.request"

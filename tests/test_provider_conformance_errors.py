@@ -341,3 +341,22 @@ def test_a_bad_provider_errors_setting_is_reported_by_the_checks(settings: Any, 
     settings.TOKEN_ROTATION_PROVIDER_ERRORS = value
     messages = [m for m in check_setup() if "PROVIDER_ERRORS" in m.msg]
     assert [m.id for m in messages] == ["token_rotation.E005"]
+
+
+@pytest.mark.parametrize("shape", ["HTTP:400", "http:40:empty", "message:Invalid token", "a b"])
+def test_a_shape_no_answer_can_match_is_a_warning(settings: Any, shape: str) -> None:
+    from django_token_rotation.checks import check_provider_errors
+
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = {"in_house": {shape: "invalid_grant"}}
+    assert [m.id for m in check_provider_errors()] == ["token_rotation.W010"]
+
+
+def test_every_shape_of_the_registry_and_the_glewlwyd_example_can_match(settings: Any) -> None:
+    from django_token_rotation.checks import check_provider_errors
+    from django_token_rotation.providers.registry import ENTRIES, SHAPE
+
+    for provider_id, known in ENTRIES.items():
+        for shape in known.errors:
+            assert SHAPE.fullmatch(shape), (provider_id, shape)
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = {"glewlwyd": {"http:400:empty": "invalid_grant"}}
+    assert check_provider_errors() == []

@@ -15,6 +15,7 @@ allauth provider id, or an OpenID Connect app's ``provider_id``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -44,6 +45,15 @@ MEANINGS = frozenset(
         "temporarily_unavailable",
         "slow_down",
     }
+)
+
+
+#: What an error shape can look like (docs/providers.rst, "Error answers"): the
+#: body's ``error`` string, a Graph API error code, a bare ``message`` (lower
+#: case), an ``errors`` list item, an HTTP status without an OAuth error.
+SHAPE = re.compile(
+    r"graph:-?\d{1,12}|message:[^A-Z]{1,100}|field:[^:]+:.+|http:[1-5]\d\d(:empty)?"
+    r"|[A-Za-z0-9_.-]{1,64}"
 )
 
 
