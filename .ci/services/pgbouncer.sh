@@ -7,14 +7,11 @@
 # Idempotent: installs Debian's pgbouncer if missing, (re)writes its
 # configuration, starts it unless it already answers.
 set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
 
 pgbouncer_up() { pg_isready -q -h 127.0.0.1 -p 6432 -U postgres -d postgres; }
 
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-    echo "Installing Debian's pgbouncer"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer postgresql-client >/dev/null
-fi
+apt_install pgbouncer postgresql-client
 PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
 
 dir=/etc/pgbouncer/token-rotation
@@ -51,13 +48,13 @@ if pgbouncer_up && [ "$(pool_mode)" != transaction ]; then
     echo "Stopping the pgbouncer that is not ours"
     service pgbouncer stop >/dev/null 2>&1 || true
     psql -h 127.0.0.1 -p 6432 -U postgres -d pgbouncer -c "SHUTDOWN" >/dev/null 2>&1 || true
-    for _ in $(seq 10); do pgbouncer_up || break; sleep 1; done
+    wait_for 10 bash -c '! pg_isready -q -h 127.0.0.1 -p 6432' || true
 fi
 if ! pgbouncer_up; then
     echo "pgbouncer is down; starting it"
     # pgbouncer refuses to run as root: -u switches to postgres.
     "$PGBOUNCER" -d -u postgres "$dir/pgbouncer.ini"
-    for _ in $(seq 30); do pgbouncer_up && break; sleep 1; done
+    wait_for 30 pgbouncer_up || true
 fi
 pg_isready -h 127.0.0.1 -p 6432 -U postgres -d postgres
 test "$(pool_mode)" = transaction
