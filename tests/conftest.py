@@ -26,6 +26,11 @@ def _unavailable_servers() -> dict[str, str]:
         )
     if not django_settings.MARIADB_AVAILABLE:
         problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    if not django_settings.PGBOUNCER_AVAILABLE:
+        problems["pgbouncer"] = (
+            f"pgbouncer (or PostgreSQL) not reachable at {django_settings.PGBOUNCER_HOST}:"
+            f"{django_settings.PGBOUNCER_PORT} (start it: bash .ci/services/pgbouncer.sh)"
+        )
     return problems
 
 
