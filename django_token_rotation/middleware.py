@@ -22,6 +22,7 @@ from django.http.response import HttpResponseBase
 from django.urls import Resolver404, resolve, reverse
 from django.urls.exceptions import NoReverseMatch
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 
 from . import providers, rotation
 from . import session as token_session
@@ -189,7 +190,11 @@ class TokenRefreshMiddleware:
                     {
                         "code": error.error,
                         "param": "provider",
-                        "message": f"Your sign-in with {name} has expired. Sign in again.",
+                        "message": _(
+                            "Your sign-in with %(provider)s has expired. "
+                            "Please sign in again to continue."
+                        )
+                        % {"provider": name},
                     }
                 ],
                 "data": {"provider": error.provider},

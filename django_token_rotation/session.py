@@ -63,6 +63,15 @@ class TokenSession:
     def __bool__(self) -> bool:
         return bool(self.error)
 
+    def as_json(self) -> dict[str, Any]:
+        """For JSON answers (allauth headless's ``meta.token_rotation``): no sign-in URL."""
+        return {
+            "error": self.error,
+            "provider": self.provider,
+            "code": self.code,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
 
 USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"
 

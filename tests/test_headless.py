@@ -20,6 +20,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import connection
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from django_token_rotation import session as token_session
 from tests.conftest import MakeToken
@@ -283,6 +284,59 @@ def test_browser_client_refused_grant_is_what_fetch_calls_get_today(
     assert session["Token-Rotation-Provider"] == "fake"
 
 
+# -- meta.token_rotation: {{ session }} in every headless answer -------------------
+
+
+@pytest.fixture
+def meta_adapter(settings: Any) -> None:
+    settings.HEADLESS_ADAPTER = "django_token_rotation.headless.HeadlessAdapter"
+
+
+def test_browser_session_endpoint_carries_what_templates_see(
+    meta_adapter: None, browser: Client, revoked: SocialToken
+) -> None:
+    meta = browser.get(f"{BROWSER}/auth/session", headers=FETCH).json()["meta"]
+    assert meta["is_authenticated"] is True
+    assert meta["token_rotation"] == {
+        "error": "RefreshAccessTokenError",
+        "provider": "fake",
+        "code": "invalid_grant",
+        "expires_at": revoked.expires_at.replace(microsecond=0).isoformat(),
+    }
+
+
+def test_app_session_endpoint_carries_what_templates_see(
+    meta_adapter: None,
+    app: tuple[Client, dict[str, str]],
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+) -> None:
+    client, headers = app
+    make_token(expires_in=-5)
+    meta = client.get(f"{APP}/auth/session", headers=headers).json()["meta"]
+    assert meta["token_rotation"]["error"] == ""
+    assert meta["token_rotation"]["expires_at"] is not None  # the refreshed token's
+    assert len(scripted.token_requests) == 1
+
+    # The next refresh is refused.
+    scripted.script(oauth_error("invalid_grant"))
+    SocialToken.objects.update(expires_at=timezone.now())
+    recheck_on_next_request(headers["X-Session-Token"])
+    meta = client.get(f"{APP}/auth/session", headers=headers).json()["meta"]
+    assert meta["token_rotation"]["error"] == "RefreshAccessTokenError"
+    assert meta["token_rotation"]["provider"] == "fake"
+
+
+def recheck_on_next_request(session_token: str) -> None:
+    """The summary in the app's session says: look at the database on the next request."""
+    session = headless_session(session_token)
+    summary = dict(session[token_session.KEY])
+    summary[token_session.CHECK_AT] = 0
+    session[token_session.KEY] = summary
+    session.save()
+
+
 # -- a live server, an app speaking HTTP -----------------------------------------
 
 
@@ -307,15 +361,9 @@ def test_app_over_http_refresh_then_refused_grant(
         assert len(scripted.token_requests) == 1
 
         # The provider refuses the next refresh: the app gets the 401 it can act on.
-        SocialToken.objects.filter(pk=token.pk).update(
-            expires_at=token.expires_at.replace(year=2000)
-        )
+        SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
         scripted.script(oauth_error("invalid_grant"))
-        session = headless_session(headers["X-Session-Token"])
-        summary = dict(session[token_session.KEY])
-        summary[token_session.CHECK_AT] = 0  # look at the database on the next request
-        session[token_session.KEY] = summary
-        session.save()
+        recheck_on_next_request(headers["X-Session-Token"])
         refused = http.get(f"{live_server.url}/api/", headers=headers, timeout=10)
         assert refused.status_code == 401
         assert refused.json()["errors"][0]["code"] == "RefreshAccessTokenError"
