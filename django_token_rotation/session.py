@@ -16,8 +16,7 @@ cookie-based sessions it travels with every request::
 No token value is ever stored here.
 
 Which session: a browser's (the cookie's, ``request.session``), or, for an app
-client of allauth headless (``X-Session-Token``, or the JWT strategy's
-``Authorization`` header), the session that token names. The two are never
+client of allauth headless (``X-Session-Token``), the session that token names. The two are never
 mixed: on a request that carries an app token the cookie session is neither
 read nor written, and the app session is saved here, at once, before the view
 runs (allauth headless loads it again in the view and saves its own changes
@@ -75,8 +74,10 @@ class TokenSession:
 
 USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"
 
-# The headers allauth headless's token strategies read the app's token from.
-_APP_HEADERS = ("HTTP_X_SESSION_TOKEN", "HTTP_AUTHORIZATION")
+# The header of allauth headless's session token. Requests authenticated by the
+# JWT strategy's access token alone are left alone: reading their session on
+# every request would undo what stateless access tokens are for (docs/headless.rst).
+_APP_HEADER = "HTTP_X_SESSION_TOKEN"
 # Where the app session found for a request is kept (``None``: token unknown or expired).
 _APP_SESSION = "_token_rotation_app_session"
 
@@ -84,12 +85,10 @@ _APP_SESSION = "_token_rotation_app_session"
 def app_session_token(request: HttpRequest) -> str | None:
     """The allauth headless session token the request carries, if any.
 
-    Asked of allauth's ``HEADLESS_TOKEN_STRATEGY`` (``X-Session-Token``, or the
-    session behind the JWT strategy's access token), only when a header it
-    reads is there and ``allauth.headless`` is installed.
+    Asked of allauth's ``HEADLESS_TOKEN_STRATEGY``, when the request carries
+    ``X-Session-Token`` and ``allauth.headless`` is installed.
     """
-    meta = request.META
-    if not any(name in meta for name in _APP_HEADERS):
+    if _APP_HEADER not in request.META:
         return None
     if not apps.is_installed("allauth.headless"):
         return None
@@ -163,8 +162,7 @@ def lookup(request: HttpRequest, now: float) -> tuple[str | None, dict[str, Any]
     ``(None, None)``: nobody is signed in. ``(user_id, None)``: the database
     must be looked at (no summary, another user's, or its check time passed).
     """
-    meta = request.META
-    if "HTTP_X_SESSION_TOKEN" in meta or "HTTP_AUTHORIZATION" in meta:
+    if _APP_HEADER in request.META:
         session = _session(request)
     else:
         session = getattr(request, "session", None)

@@ -8,6 +8,7 @@ scripted token endpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
@@ -23,8 +24,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_token_rotation import session as token_session
+from django_token_rotation.conf import app_settings
 from tests.conftest import MakeToken
 from tests.scripted_server import ScriptedServer, oauth_error
+from tests.test_middleware import clock as clock  # noqa: F401 (the fixture)
+from tests.test_middleware import sign_in_again_on
 
 pytestmark = pytest.mark.django_db
 
@@ -204,6 +208,57 @@ async def test_app_client_async_request_refreshes(
     assert len(scripted.token_requests) == 1
     summary = await sync_to_async(lambda: headless_session(token)[token_session.KEY])()
     assert summary[token_session.USER]
+
+
+def test_a_sign_in_in_a_browser_lifts_the_apps_error_within_15_s(
+    app: tuple[Client, dict[str, str]],
+    user: Any,
+    revoked: SocialToken,
+    clock: Callable[[float], None],
+) -> None:
+    """The mobile recipe: the app sends the user through the provider in a browser;
+    allauth stores the new tokens on the same row; the app's session follows."""
+    client, headers = app
+    assert client.get("/api/", headers=headers).status_code == 401
+    browser = Client()
+    browser.force_login(user)
+    sign_in_again_on(browser, revoked)
+    clock(app_settings.ERROR_RECHECK + 1)
+    assert client.get("/api/", headers=headers).status_code == 200
+
+
+def test_stateless_jwt_access_tokens_are_left_alone(
+    settings: Any, user: Any, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """allauth's JWT strategy: an API call with the access token alone reads no session
+    (that is what the strategy is for), so the middleware does not either."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    settings.HEADLESS_TOKEN_STRATEGY = "allauth.headless.tokens.strategies.jwt.JWTTokenStrategy"
+    settings.HEADLESS_JWT_PRIVATE_KEY = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    client = Client()
+    login = client.post(
+        f"{APP}/auth/login",
+        {"username": "alice", "password": "pw"},
+        content_type="application/json",
+    ).json()
+    client.cookies.clear()
+    make_token(expires_in=-5)
+    bearer = {"Authorization": f"Bearer {login['meta']['access_token']}"}
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/", headers=bearer).status_code == 200
+    assert queries.captured_queries == []
+    assert scripted.token_requests == []
+    # With its session token, the same app is served.
+    client.get("/api/", headers={"X-Session-Token": login["meta"]["session_token"]})
+    assert len(scripted.token_requests) == 1
 
 
 # -- a request that carries both a cookie and a session token -----------------------
