@@ -9,6 +9,7 @@ Public API::
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
@@ -21,7 +22,11 @@ from .exceptions import (
 if TYPE_CHECKING:
     from allauth.socialaccount.models import SocialToken
 
-__version__ = "0.1.0.dev0"
+try:
+    #: The installed distribution's version (set once, in setup.cfg).
+    __version__ = metadata.version("django-token-rotation")
+except metadata.PackageNotFoundError:  # imported from a checkout that is not installed
+    __version__ = "0+unknown"
 
 #: The value the session carries once a refresh has failed for good, as in Auth.js.
 REFRESH_ACCESS_TOKEN_ERROR = "RefreshAccessTokenError"

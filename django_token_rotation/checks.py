@@ -107,7 +107,7 @@ def _check_middleware() -> list[checks.CheckMessage]:
 
 
 def _check_settings() -> list[checks.CheckMessage]:
-    from .conf import app_settings
+    from .conf import app_settings, docs_url
 
     errors: list[checks.CheckMessage] = []
     for name in dir(app_settings):
@@ -119,7 +119,7 @@ def _check_settings() -> list[checks.CheckMessage]:
             errors.append(
                 checks.Error(
                     str(exc),
-                    hint="See the settings reference (docs/settings.rst).",
+                    hint=f"See the settings reference: {docs_url('settings')}",
                     id="token_rotation.E005",
                 )
             )

@@ -10,8 +10,11 @@ few microseconds the middleware's fast path cannot afford.
 
 from __future__ import annotations
 
+import configparser
 import functools
 import re
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -210,6 +213,41 @@ class Settings:
         or an admin's "clear error" reaches every session of the user. Only sessions
         that carry the error pay for it (one look at the database per period)."""
         return self._number("ERROR_RECHECK", 15, minimum=1)
+
+
+# -- the project's own addresses ----------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def project_urls() -> dict[str, str]:
+    """The Project-URL entries of setup.cfg (Source, Documentation, Changelog, Issues).
+
+    Read from the installed distribution's metadata; from setup.cfg itself when the
+    package runs from a checkout that is not installed; empty when neither is there.
+    """
+    try:
+        entries = metadata.metadata("django-token-rotation").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        setup_cfg = Path(__file__).resolve().parent.parent / "setup.cfg"
+        parser = configparser.ConfigParser()
+        parser.read(setup_cfg, encoding="utf-8")
+        lines = parser.get("metadata", "project_urls", fallback="").strip().splitlines()
+        entries = [line.replace(" = ", ", ", 1) for line in lines]
+    urls = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls[label.strip()] = url.strip()
+    return urls
+
+
+def docs_url(page: str = "", anchor: str = "") -> str:
+    """The hosted manual's ``page`` (``"settings"``), for hints and messages;
+    ``docs/<page>.rst`` when the documentation's address is unknown."""
+    base = project_urls().get("Documentation")
+    if not base:
+        return f"docs/{page or 'index'}.rst" + (f"#{anchor}" if anchor else "")
+    url = base.rstrip("/") + "/en/stable/" + (f"{page}.html" if page else "")
+    return url + (f"#{anchor}" if anchor else "")
 
 
 @functools.lru_cache(maxsize=64)

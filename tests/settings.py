@@ -162,7 +162,10 @@ def _mariadb_problem() -> str:
     """Why the MariaDB tests cannot run here (``""``: they can)."""
     where = f"{MARIADB['HOST']}:{MARIADB['PORT']}"
     if importlib.util.find_spec("MySQLdb") is None:
-        return "the mysqlclient driver is not installed (pip install -e '.[test]')"
+        return (
+            "the mysqlclient driver is not installed (it needs a MariaDB client library: "
+            "apt-get install libmariadb-dev pkg-config, then pip install -e '.[mariadb]')"
+        )
     if not _reachable(str(MARIADB["HOST"]), int(str(MARIADB["PORT"]))):
         return (
             f"MariaDB not reachable at {where} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -106,6 +107,8 @@ def test_dry_run_lists_and_changes_nothing(
 
     assert scripted.received == []
     assert f"would refresh: token {due.pk}, user alice, provider fake" in out
+    # Listed at the default verbosity, times in the admin's format.
+    assert re.search(rf"token {due.pk}, .* expires \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", out)
     assert f"skip (no_refresh_token): token {no_refresh.pk}" in out
     assert "Dry run: 1 token(s) would be refreshed, 1 skipped (no_refresh_token: 1)." in out
     assert stored(due).token == "old-access"

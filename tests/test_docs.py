@@ -119,3 +119,56 @@ def test_the_manual_repeats_the_readmes_tested_setup_verbatim() -> None:
     for name, code in readme_blocks().items():
         indented = "\n".join(("   " + line) if line else "" for line in code.rstrip().splitlines())
         assert indented in manual, f"docs differ from the README's {name} block"
+
+
+# -- the project's addresses: set once in setup.cfg, used everywhere -------------
+
+
+def setup_cfg_urls() -> dict[str, str]:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = parser.get("metadata", "project_urls").strip().splitlines()
+    return dict(line.split(" = ", 1) for line in lines)
+
+
+LINK = re.compile(r"https?://[^\s)>`\"']+")
+
+
+def test_the_package_reads_its_addresses_from_setup_cfg() -> None:
+    from django_token_rotation.conf import docs_url, project_urls
+
+    urls = setup_cfg_urls()
+    assert set(urls) == {"Source", "Documentation", "Changelog", "Issues"}
+    assert project_urls() == urls
+    assert docs_url("settings").startswith(urls["Documentation"])
+
+
+def test_readme_and_docs_link_to_the_addresses_of_setup_cfg() -> None:
+    """Links to the project (its repository, its manual) start with a Project-URL, so a
+    move is one edit of setup.cfg and a failing test, not a dead link on the index."""
+    urls = setup_cfg_urls()
+    source, documentation = urls["Source"], urls["Documentation"]
+    files = [
+        ROOT / name for name in ("README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md")
+    ]
+    files += sorted(DOCS.glob("*.rst"))
+    for path in files:
+        for link in LINK.findall(path.read_text()):
+            if "django-token-rotation" in link.lower() and "pypi.org" not in link:
+                assert link.startswith((source, documentation)), f"{path.name}: {link}"
+    readme = (ROOT / "README.md").read_text()
+    assert documentation in readme and source in readme
+    assert f"{source}/security/advisories/new" in readme
+    assert f"{source}/security/advisories/new" in (ROOT / "SECURITY.md").read_text()
+    assert source in (DOCS / "index.rst").read_text()
+
+
+def test_the_readme_has_no_relative_link() -> None:
+    """The package index shows the README without the repository: relative links die."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    assert targets
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert relative == []

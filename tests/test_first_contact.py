@@ -36,10 +36,9 @@ BLOCK = re.compile(r"<!-- first-contact: (?P<name>\S+) -->\n```\w*\n(?P<code>.*?
 #: The interpreter of the new project (see the module docstring).
 PYTHON = os.environ.get("TOKEN_ROTATION_TEST_PYTHON") or sys.executable
 
-ENV = {
-    "GOOGLE_CLIENT_ID": "first-contact-client",
-    "GOOGLE_CLIENT_SECRET": "first-contact-secret",
-}
+#: The README promises that a new project works before any secret is set: the
+#: provider's client id and secret are never in the projects' environment.
+SECRETS = ("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET")
 
 
 def readme_blocks() -> dict[str, str]:
@@ -55,8 +54,7 @@ def readme_blocks() -> dict[str, str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_") and k not in SECRETS}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_token_rotation import background, rotation
+from django_token_rotation import background, health, rotation
 
 
 class Command(BaseCommand):
@@ -154,7 +154,7 @@ class Command(BaseCommand):
         token = result.token
         assert token is not None
         expires = rotation.expiry(token, rotation.state_of(token))
-        when = expires.isoformat(timespec="seconds") if expires else "unknown"
+        when = health.format_time(expires) if expires else "unknown"
         what = f"skip ({result.code})" if result.code else "would refresh"
         return (
             f"{what}: token {token.pk}, user {token.account.user}, "
