@@ -12,4 +12,5 @@ urlpatterns = [
     path("token-autocommit/", views.token_view_autocommit, name="token-autocommit"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("_allauth/", include("allauth.headless.urls")),
 ]
