@@ -330,6 +330,13 @@ class Settings:
             )
         return value
 
+    @property
+    def ADMIN(self) -> bool:
+        """Register this app's ``SocialToken`` admin (read-only, masked tokens, refresh
+        actions) in place of allauth's own; ``False`` keeps allauth's. The refresh
+        history admin is registered either way. Read once, when the admin loads."""
+        return bool(self._get("ADMIN", True))
+
     # -- request layer -------------------------------------------------------
 
     @property

@@ -225,6 +225,25 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
         ) from None
 
 
+@contained
+@sensitive_variables()
+def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
+    """An API refused ``rejected_access``: refresh ``token`` now, unless the stored
+    access token is no longer that one (another caller refreshed meanwhile: the
+    stored one is returned, refreshed first only if due).
+
+    The fence of the authorized HTTP clients (:mod:`.http`): however many callers
+    see the same 401 at once, one refresh. A recorded back-off or refusal is
+    respected (unlike ``refresh(force=True)``).
+    """
+    state = store.reload(token)
+    if token.token != rejected_access:
+        access_token_for(token)
+        return token
+    Flight(token, force=False).check_blocked(state)
+    return refresh(token, force=True)
+
+
 # --------------------------------------------------------------------------
 # What the lease holder does
 # --------------------------------------------------------------------------
@@ -386,6 +405,7 @@ __all__ = [
     "needs_refresh",
     "refresh",
     "refresh_blocker",
+    "refresh_if_current",
     "refused",
     "state_of",
 ]

@@ -24,7 +24,7 @@ from django.views.decorators.debug import sensitive_variables
 from . import client, expiry, signals, transactions
 from .answers import CONFIRMED, UNCONFIRMED, Outcome, Verdict, interpret, judge_error
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
-from .models import TokenState, TokenStateQuerySet, fingerprint
+from .models import RefreshEvent, TokenState, TokenStateQuerySet, fingerprint
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -195,6 +195,8 @@ def _write_tokens(
                     signals.token_refreshed,
                     token=token,
                     provider=provider_key(token),
+                    outcome=RefreshEvent.Outcome.REFRESHED,
+                    code=None,
                     rotated=outcome.rotated,
                     duration=elapsed,
                 )
@@ -360,6 +362,7 @@ def _record_permanent(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_PERMANENT,
         code=exc.code,
         permanent=True,
         retry_at=None,
@@ -407,6 +410,7 @@ def record_transient(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_TRANSIENT,
         code=exc.code,
         permanent=False,
         retry_at=retry_at,
