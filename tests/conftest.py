@@ -13,6 +13,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tests import scripted_server
+from tests.glewlwyd import fixture as glewlwyd
+from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -31,6 +33,9 @@ def _unavailable_servers() -> dict[str, str]:
         )
     if not django_settings.MARIADB_AVAILABLE:
         problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    glewlwyd_problem = glewlwyd.problem()
+    if glewlwyd_problem:
+        problems["glewlwyd"] = glewlwyd_problem
     return problems
 
 
