@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 import pytest
@@ -266,7 +267,11 @@ def test_glewlwyd_refuses_with_a_bare_400(glewlwyd: Glewlwyd) -> None:
     spent = grant["refresh_token"]
     rotated = glewlwyd.refresh(spent)
     assert rotated.status_code == 200
+    assert rotated.headers["Content-Type"] == "application/json"
+    assert rotated.headers["Cache-Control"] == "no-store"
     body = rotated.json()
+    assert body["token_type"] == "bearer"
+    assert jwt.get_unverified_header(body["access_token"])["typ"] == "at+jwt"
     assert body["refresh_token"] != spent  # one use: a new refresh token each time
     assert body["expires_in"] == ACCESS_TOKEN_LIFETIME and "id_token" not in body
 
@@ -282,9 +287,40 @@ def test_glewlwyd_refuses_with_a_bare_400(glewlwyd: Glewlwyd) -> None:
     live = glewlwyd.code_grant(other_user, other_password)["refresh_token"]
     glewlwyd.revoke_grants(other_user, other_password)
     refusals["revoked by the user"] = glewlwyd.refresh(live)
+    client = (glewlwyd.client_id, glewlwyd.client_secret)
+    refusals["no refresh_token"] = requests.post(
+        glewlwyd.token_url, data={"grant_type": "refresh_token"}, auth=client, timeout=10
+    )
+    refusals["unknown grant_type"] = requests.post(
+        glewlwyd.token_url, data={"grant_type": "bogus"}, auth=client, timeout=10
+    )
 
     for case, response in refusals.items():
         assert (response.status_code, response.content) == (400, b""), case
         assert response.headers.get("Content-Length") == "0", case
         assert "Content-Type" not in response.headers, case
         assert response.headers.get("Cache-Control") == "no-store", case
+        assert response.headers.get("Referrer-Policy") == "no-referrer", case
+
+
+def test_glewlwyd_wants_a_nonce(glewlwyd: Glewlwyd) -> None:
+    """Why the app's ``auth_params`` carry a nonce: allauth 65 sends none of its own."""
+    username, password = glewlwyd.add_user()
+    redirect_uri = "http://127.0.0.1:9/callback"
+    glewlwyd.allow_redirect_uri(redirect_uri)
+    browser = requests.Session()
+    glewlwyd.sign_in(browser, username, password)
+    query = {
+        "response_type": "code",
+        "client_id": glewlwyd.client_id,
+        "redirect_uri": redirect_uri,
+        "scope": "openid profile email",
+        "state": "s",
+    }
+    location = glewlwyd.authorize(browser, f"{glewlwyd.issuer}/auth?{urlencode(query)}")
+    answer = parse_qs(urlsplit(location).query)
+    assert answer == {
+        "state": ["s"],
+        "error": ["invalid_request"],
+        "error_description": ["nonce required"],
+    }
