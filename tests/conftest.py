@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from tests import scripted_server
 from tests.helpers import IN_CI, SECRETS, MakeToken
+from tests.glewlwyd import fixture as glewlwyd
+from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
 
 
 def _unavailable_servers() -> dict[str, str]:
@@ -31,6 +33,9 @@ def _unavailable_servers() -> dict[str, str]:
             f"pgbouncer (or PostgreSQL) not reachable at {django_settings.PGBOUNCER_HOST}:"
             f"{django_settings.PGBOUNCER_PORT} (start it: bash .ci/services/pgbouncer.sh)"
         )
+    glewlwyd_problem = glewlwyd.problem()
+    if glewlwyd_problem:
+        problems["glewlwyd"] = glewlwyd_problem
     return problems
 
 
