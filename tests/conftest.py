@@ -12,9 +12,9 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tests import scripted_server
-from tests.helpers import IN_CI, SECRETS, MakeToken
 from tests.glewlwyd import fixture as glewlwyd
 from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
+from tests.helpers import IN_CI, SECRETS, MakeToken
 
 
 def _unavailable_servers() -> dict[str, str]:
