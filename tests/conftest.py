@@ -12,6 +12,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tests import scripted_server
+from tests.glewlwyd import fixture as glewlwyd
+from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
 from tests.helpers import IN_CI, SECRETS, MakeToken
 
 
@@ -26,6 +28,14 @@ def _unavailable_servers() -> dict[str, str]:
         )
     if not django_settings.MARIADB_AVAILABLE:
         problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    if not django_settings.PGBOUNCER_AVAILABLE:
+        problems["pgbouncer"] = (
+            f"pgbouncer (or PostgreSQL) not reachable at {django_settings.PGBOUNCER_HOST}:"
+            f"{django_settings.PGBOUNCER_PORT} (start it: bash .ci/services/pgbouncer.sh)"
+        )
+    glewlwyd_problem = glewlwyd.problem()
+    if glewlwyd_problem:
+        problems["glewlwyd"] = glewlwyd_problem
     return problems
 
 

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import RequestFactory
 from django.utils import translation
 
-from django_token_rotation.middleware import interrupt
+from django_token_rotation.middleware import TokenRefreshMiddleware
+from django_token_rotation.session import TokenSession
 from tests.helpers import IN_CI, ROOT
 from tests.test_templatetags import ERROR, render, request_with, summary
 
@@ -49,6 +51,15 @@ LANGUAGES = {
         "Google で再度ログイン",
     ),
 }
+REFUSED = TokenSession(
+    error="RefreshAccessTokenError", provider="google", code="invalid_grant", provider_name="Google"
+)
+
+
+def json_error(request: Any) -> Any:
+    return TokenRefreshMiddleware(lambda request: None).json_response(request, REFUSED)
+
+
 ENGLISH = "Your sign-in with Google has expired. Please sign in again to continue."
 
 
@@ -67,7 +78,7 @@ def test_the_prompt_in_each_language(language: str) -> None:
 def test_the_json_error_in_each_language(language: str) -> None:
     request = RequestFactory().get("/api/", HTTP_ACCEPT="application/json")
     with translation.override(language):
-        response = interrupt(request, ERROR)
+        response = json_error(request)
     assert response is not None and response.status_code == 401
     body = json.loads(response.content)
     assert body["message"] == LANGUAGES[language][0]
@@ -77,7 +88,7 @@ def test_the_json_error_in_each_language(language: str) -> None:
 def test_english_is_the_source() -> None:
     request = RequestFactory().get("/api/", HTTP_ACCEPT="application/json")
     with translation.override("en"):
-        response = interrupt(request, ERROR)
+        response = json_error(request)
         html = render("{% reauth_prompt %}", request_with(summary(ERROR)))
     assert response is not None
     assert json.loads(response.content)["message"] == ENGLISH

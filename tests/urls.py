@@ -13,4 +13,5 @@ urlpatterns = [
     path("async-token/", views.async_token_view, name="async-token"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("_allauth/", include("allauth.headless.urls")),
 ]
