@@ -36,6 +36,8 @@ from django_token_rotation.http import (
     google_credentials,
     should_refresh,
 )
+from django_token_rotation.models import TokenState
+from django_token_rotation.rotation import REFUSED_SOON_AFTER_REFRESH
 from tests.helpers import MakeToken, connect
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
@@ -246,6 +248,8 @@ def test_a_token_refreshed_meanwhile_is_taken_without_a_refresh(
 def test_no_401_loop_when_the_api_refuses_every_token(
     live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
 ) -> None:
+    """One retry per request; and a token refused within 30 s of its refresh is not
+    refreshed again (an API that refuses every token costs no refresh per request)."""
     api.valid = set()
     scripted.script(tokens("new-access"), tokens("newer-access", "newer-refresh"))
     auth = TokenAuth(user, "fake")
@@ -253,9 +257,16 @@ def test_no_401_loop_when_the_api_refuses_every_token(
     assert first.status_code == 401
     assert api.tokens_seen() == ["old-access", "new-access"]  # one retry, no more
     assert len(scripted.token_requests) == 1
-    second = requests.get(api.url, auth=auth, timeout=10)
-    assert second.status_code == 401
-    assert api.tokens_seen()[2:] == ["new-access", "newer-access"]
+    for _ in range(3):
+        assert requests.get(api.url, auth=auth, timeout=10).status_code == 401
+    assert api.tokens_seen()[2:] == ["new-access"] * 3  # sent once each, not retried
+    assert len(scripted.token_requests) == 1
+    # Once the refresh is REFUSED_SOON_AFTER_REFRESH old, a refusal refreshes again.
+    TokenState.objects.filter(token=live_token).update(
+        last_refreshed_at=timezone.now() - datetime.timedelta(seconds=REFUSED_SOON_AFTER_REFRESH)
+    )
+    assert requests.get(api.url, auth=auth, timeout=10).status_code == 401
+    assert api.tokens_seen()[5:] == ["new-access", "newer-access"]
     assert len(scripted.token_requests) == 2
 
 
@@ -365,6 +376,7 @@ def test_httpx_sync_client_retries_once_after_one_refresh(
         assert api.tokens_seen() == ["old-access", "new-access"]
         assert api.seen[0].body == api.seen[1].body
         api.valid = set()
+        TokenState.objects.filter(token=live_token).update(last_refreshed_at=None)
         scripted.script(tokens("newer-access", "newer-refresh"))
         assert client.get(api.url).status_code == 401  # one retry, no loop
     assert api.tokens_seen()[2:] == ["new-access", "newer-access"]
