@@ -38,12 +38,15 @@ from django_token_rotation.http import (
 )
 from django_token_rotation.models import TokenState
 from django_token_rotation.rotation import REFUSED_SOON_AFTER_REFRESH
-from tests.helpers import MakeToken, connect
+from tests.helpers import ALIASES, MakeToken, connect, seed
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
+from tests.test_async import DATABASES as UVICORN_DATABASES
+from tests.test_async import uvicorn
 
 pytestmark = [pytest.mark.usefixtures("hidden_secrets"), pytest.mark.django_db(transaction=True)]
 
 CALLERS = 64
+SERVED = 24
 
 
 @dataclass
@@ -510,3 +513,44 @@ def test_a_token_the_provider_no_longer_honours_is_replaced_once(provider: Any) 
         statuses = list(pool.map(in_thread(call), range(16)))
     assert statuses == [200] * 16
     assert provider.stats()["refresh_calls"] == 1
+
+
+# -- the same in a served site, on every database -------------------------------------
+
+
+@pytest.mark.parametrize("view", ["api-call", "async-api-call"], ids=["requests", "httpx-async"])
+@pytest.mark.parametrize("alias", UVICORN_DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_concurrent_401s_in_views_under_uvicorn_cause_one_refresh(
+    alias: str, view: str, scripted: ScriptedServer, api: ApiServer
+) -> None:
+    """24 concurrent requests to a view (sync with ``TokenAuth``, async with
+    ``HttpxTokenAuth``) of the site under uvicorn, each calling the API, which
+    answers all of them with a 401 at once: one refresh, on SQLite and PostgreSQL.
+    (24, not 64: each request holds a database connection of its own, and the
+    PostgreSQL server is shared with other test runs.)"""
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="F", client_id="c", secret="s"
+    )
+    user = seed(alias, provider="fake", app=app, expires_in=3600)
+    api.barrier = threading.Barrier(SERVED)
+    scripted.script(Reply(200, tokens().body, delay=0.3))
+    with uvicorn(alias, scripted.token_url) as (url, _):
+
+        def call(_: int) -> Any:
+            response = requests.get(
+                f"{url}/{view}/", params={"user": user.pk, "url": api.url}, timeout=120
+            )
+            if response.headers.get("Content-Type") != "application/json":
+                return {"status": response.status_code, "body": response.text[-300:]}
+            return response.json()
+
+        with ThreadPoolExecutor(SERVED) as pool:
+            results = list(pool.map(call, range(SERVED)))
+    print(
+        f"\n[{alias}, {view}] {SERVED} views got a 401: token requests "
+        f"{len(scripted.token_requests)}, API requests {len(api.seen)}"
+    )
+    assert results == [{"status": 200}] * SERVED
+    assert len(scripted.token_requests) == 1
+    assert sorted(api.tokens_seen(), key=str) == ["new-access"] * SERVED + ["old-access"] * SERVED
