@@ -423,3 +423,40 @@ def test_app_over_http_refresh_then_refused_grant(
         assert refused.status_code == 401
         assert refused.json()["errors"][0]["code"] == "RefreshAccessTokenError"
         assert "sessionid" not in http.cookies
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spa_over_http_refresh_then_refused_grant(
+    live_server: Any, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """A browser client as an SPA runs it: CSRF cookie, sign-in, fetch calls with the cookie."""
+    with requests.Session() as http:
+        http.get(f"{live_server.url}{BROWSER}/config", timeout=10)  # sets the CSRF cookie
+        login = http.post(
+            f"{live_server.url}{BROWSER}/auth/login",
+            json={"username": "alice", "password": "pw"},
+            headers={"X-CSRFToken": http.cookies["csrftoken"]},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        assert "sessionid" in http.cookies
+
+        token = make_token(expires_in=-5)
+        assert http.get(f"{live_server.url}/api/", headers=FETCH, timeout=10).ok
+        token.refresh_from_db()
+        assert token.token == "new-access"
+
+        SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+        scripted.script(oauth_error("invalid_grant"))
+        session = headless_session(http.cookies["sessionid"])
+        summary = dict(session[token_session.KEY])
+        summary[token_session.CHECK_AT] = 0  # look at the database on the next request
+        session[token_session.KEY] = summary
+        session.save()
+        refused = http.get(f"{live_server.url}/api/", headers=FETCH, timeout=10)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "RefreshAccessTokenError"
+        assert refused.json()["reauth_url"].startswith("/accounts/fake/login/?process=login")
+        state = http.get(f"{live_server.url}{BROWSER}/auth/session", headers=FETCH, timeout=10)
+        assert state.status_code == 200
+        assert state.headers["Token-Rotation-Error"] == "RefreshAccessTokenError"
