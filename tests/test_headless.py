@@ -19,12 +19,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import connection
-from django.test import AsyncClient, Client
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncClient, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
+from django_token_rotation.middleware import TokenRefreshMiddleware
 from tests.conftest import MakeToken
 from tests.scripted_server import ScriptedServer, oauth_error
 from tests.test_middleware import clock as clock  # noqa: F401 (the fixture)
@@ -259,6 +261,34 @@ def test_stateless_jwt_access_tokens_are_left_alone(
     # With its session token, the same app is served.
     client.get("/api/", headers={"X-Session-Token": login["meta"]["session_token"]})
     assert len(scripted.token_requests) == 1
+
+
+def test_app_request_unit_needs_no_cookie_session(
+    app: tuple[Client, dict[str, str]],
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    rf: RequestFactory,
+) -> None:
+    """The middleware alone (RequestFactory): an app request has no ``request.session``
+    of its own to read or write; the refresh and the summary go through its token's."""
+    _, headers = app
+    make_token(expires_in=-5)
+    request = rf.get("/api/", headers=headers)
+    assert not hasattr(request, "session")
+    seen: list[HttpRequest] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse("ok")
+
+    middleware = TokenRefreshMiddleware(view)
+    response = middleware(request)
+    assert response.content == b"ok"
+    assert seen == [request]
+    assert len(scripted.token_requests) == 1
+    assert not hasattr(request, "session")
+    assert token_session.KEY in headless_session(headers["X-Session-Token"])
 
 
 # -- a request that carries both a cookie and a session token -----------------------
