@@ -29,7 +29,7 @@ from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
 from django_token_rotation.middleware import TokenRefreshMiddleware
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.django_db
