@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
 from django_token_rotation.middleware import TokenRefreshMiddleware
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer, oauth_error
 from tests.test_middleware import clock as clock  # noqa: F401 (the fixture)
 from tests.test_middleware import sign_in_again_on
