@@ -17,13 +17,13 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.signals import user_logged_in
 from django.core.management import call_command
-from django.db import connection
+from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR
+from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR, store
 from django_token_rotation import middleware as middleware_module
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
@@ -534,9 +534,10 @@ def test_an_engine_failure_never_breaks_the_page(
     make_token(expires_in=-5)
 
     def database_gone(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("connection refused")
+        raise OperationalError("connection refused")
 
-    monkeypatch.setattr(SocialToken.objects, "filter", database_gone)
+    # Where the engine reads the user's tokens from (through the router's database).
+    monkeypatch.setattr(store, "newest_first", database_gone)
     response = signed_in.get("/page/")
     assert response.status_code == 200
     assert error_in(response) == ""
