@@ -324,3 +324,23 @@ def test_glewlwyd_wants_a_nonce(glewlwyd: Glewlwyd) -> None:
         "error": ["invalid_request"],
         "error_description": ["nonce required"],
     }
+
+
+def test_logout_revokes_the_grant_at_glewlwyd(
+    sign_in: Any, glewlwyd: Glewlwyd, settings: Any
+) -> None:
+    """``TOKEN_ROTATION_REVOKE_ON_LOGOUT``: RFC 7009 at glewlwyd's ``revocation_endpoint``."""
+    settings.TOKEN_ROTATION_REVOKE_ON_LOGOUT = True
+    user = sign_in()
+    refresh_token = user.token.token_secret
+
+    response = user.browser.post(
+        f"{user.site}/accounts/logout/",
+        data={"csrfmiddlewaretoken": user.browser.cookies["csrftoken"]},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+    assert response.status_code == 302
+    assert not SocialToken.objects.filter(pk=user.token.pk).exists()
+    assert glewlwyd.refresh(refresh_token).status_code == 400  # dead at glewlwyd
