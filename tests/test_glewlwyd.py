@@ -15,7 +15,6 @@ consent step driven by a ``requests`` session standing in for the browser.
 from __future__ import annotations
 
 import datetime
-import re
 import secrets
 import time
 from collections import Counter
@@ -31,8 +30,9 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.utils import timezone
 
+from django_token_rotation.models import TokenState
 from tests.glewlwyd.fixture import ACCESS_TOKEN_LIFETIME, Glewlwyd
-from tests.test_concurrency import (
+from tests.helpers import (
     ALIASES,
     DATABASES,
     PROCESSES,
@@ -238,24 +238,48 @@ def test_burst_of_processes_refreshes_once(alias: str, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refused() == refused
 
 
-@pytest.mark.xfail(strict=True, reason="needs the bodiless-4xx rule (h-answers)")
-def test_revocation_at_glewlwyd_ends_at_the_prompt(sign_in: Any, glewlwyd: Glewlwyd) -> None:
+@pytest.mark.parametrize(
+    ("rules", "calls", "code"),
+    [
+        pytest.param({}, 2, "refusal_confirmed", id="bodiless-4xx-rule"),
+        pytest.param(
+            {"glewlwyd": {"http:400:empty": "invalid_grant"}},
+            1,
+            "invalid_grant",
+            id="provider-errors-setting",
+        ),
+    ],
+)
+def test_revocation_at_glewlwyd_ends_at_the_prompt(
+    sign_in: Any,
+    glewlwyd: Glewlwyd,
+    settings: Any,
+    rules: dict[str, dict[str, str]],
+    calls: int,
+    code: str,
+) -> None:
+    """glewlwyd's bare 400 is a refusal: confirmed by one more call, or at the first
+    with the ``TOKEN_ROTATION_PROVIDER_ERRORS`` rule docs/providers.rst gives for it."""
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = rules
     user = sign_in()
     assert glewlwyd.revoke_grants(user.username, user.password) == 1
     refused = glewlwyd.refused()
 
     wait_until_due(user.token)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     page = user.page()
     while PROMPT not in page and time.monotonic() < deadline:
         time.sleep(0.5)
         page = user.page()
 
-    calls = glewlwyd.refused() - refused
-    assert PROMPT in page, f"no prompt after {calls} refused refreshes"
-    assert 1 <= calls <= 2  # the refusal, at most one confirming retry
+    assert PROMPT in page, f"no prompt after {glewlwyd.refused() - refused} refused refreshes"
+    assert "[RefreshAccessTokenError]" in page
+    for _ in range(3):  # and no more calls: the grant is known dead
+        user.page()
+    assert glewlwyd.refused() - refused == calls
     assert glewlwyd.refreshes(user.username) == 0
-    assert re.search(r"\[RefreshAccessTokenError\]", page)
+    state = TokenState.objects.get(token_id=user.token.pk)
+    assert state.needs_reauth and state.last_error == code
     token = SocialToken.objects.get(pk=user.token.pk)
     assert token.token_secret == user.token.token_secret  # nothing overwritten
 

@@ -21,7 +21,6 @@ import contextlib
 import gzip
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import time
@@ -34,6 +33,8 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
 import requests
+
+from tests.helpers import free_port
 
 HERE = Path(__file__).resolve().parent
 #: Where Debian's package (bookworm: 2.7.5) puts what the fixture needs.
@@ -61,13 +62,6 @@ def problem() -> str | None:
         if not needed.exists():
             return f"the glewlwyd package lacks {needed}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _rsa_key() -> tuple[str, str]:
