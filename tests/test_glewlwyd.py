@@ -157,8 +157,11 @@ def test_sign_in_stores_glewlwyds_tokens(sign_in: Any, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refreshes(user.username) == 0
 
 
-def test_expiry_refreshes_once_through_the_middleware(sign_in: Any, glewlwyd: Glewlwyd) -> None:
+def test_expiry_refreshes_once_through_the_middleware(
+    sign_in: Any, glewlwyd: Glewlwyd, hidden_secrets: list[str]
+) -> None:
     user = sign_in()
+    hidden_secrets += [user.token.token, user.token.token_secret, glewlwyd.client_secret]
     first = (user.token.token, user.token.token_secret)
     user.page()  # fresh: nothing to do
     assert glewlwyd.refreshes(user.username) == 0
@@ -170,6 +173,7 @@ def test_expiry_refreshes_once_through_the_middleware(sign_in: Any, glewlwyd: Gl
     assert glewlwyd.refreshes(user.username) == 1
     assert glewlwyd.refused() == refused
     token = SocialToken.objects.get(pk=user.token.pk)
+    hidden_secrets += [token.token, token.token_secret]  # never in a log record
     assert token.token != first[0]
     assert token.token_secret and token.token_secret != first[1]  # the rotated one, stored
     assert token.expires_at is not None and token.expires_at > timezone.now()
@@ -257,11 +261,13 @@ def test_revocation_at_glewlwyd_ends_at_the_prompt(
     rules: dict[str, dict[str, str]],
     calls: int,
     code: str,
+    hidden_secrets: list[str],
 ) -> None:
     """glewlwyd's bare 400 is a refusal: confirmed by one more call, or at the first
     with the ``TOKEN_ROTATION_PROVIDER_ERRORS`` rule docs/providers.rst gives for it."""
     settings.TOKEN_ROTATION_PROVIDER_ERRORS = rules
     user = sign_in()
+    hidden_secrets += [user.token.token, user.token.token_secret, glewlwyd.client_secret]
     assert glewlwyd.revoke_grants(user.username, user.password) == 1
     refused = glewlwyd.refused()
 
