@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from django_token_rotation.models import TokenState
 from tests.glewlwyd.fixture import ACCESS_TOKEN_LIFETIME, Glewlwyd
+from tests.glewlwyd.fixture import version as glewlwyd_version
 from tests.helpers import (
     ALIASES,
     DATABASES,
@@ -325,7 +326,9 @@ def test_glewlwyd_refuses_with_a_bare_400(glewlwyd: Glewlwyd) -> None:
         glewlwyd.token_url, data={"grant_type": "bogus"}, auth=client, timeout=10
     )
 
+    seen = glewlwyd_version()
     for case, response in refusals.items():
+        case = f"{case} (glewlwyd {seen})"
         assert (response.status_code, response.content) == (400, b""), case
         assert response.headers.get("Content-Length") == "0", case
         assert "Content-Type" not in response.headers, case
