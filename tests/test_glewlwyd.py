@@ -14,6 +14,7 @@ consent step driven by a ``requests`` session standing in for the browser.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import secrets
 import time
@@ -26,8 +27,10 @@ import jwt
 import pytest
 import requests
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.test import AsyncClient
 from django.utils import timezone
 
 from django_token_rotation.models import TokenState
@@ -183,6 +186,30 @@ def test_expiry_refreshes_once_through_the_middleware(
     # What we stored is glewlwyd's live refresh token (and the spent one is dead).
     assert glewlwyd.refresh(token.token_secret).status_code == 200
     assert glewlwyd.refreshes(user.username) == 2
+
+
+async def test_expiry_refreshes_once_through_the_async_middleware(
+    sign_in: Any, glewlwyd: Glewlwyd, async_client: AsyncClient
+) -> None:
+    """The same, through the middleware's async path (an ``async def`` view under
+    Django's async test client), with the session the sign-in made."""
+    user = await sync_to_async(sign_in)()
+    async_client.cookies["sessionid"] = user.browser.cookies["sessionid"]
+    first = user.token.token_secret
+    assert (await async_client.get("/async-page/")).status_code == 200
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 0
+
+    assert user.token.expires_at is not None
+    due = user.token.expires_at - datetime.timedelta(seconds=LEEWAY)
+    await asyncio.sleep(max(0.0, (due - timezone.now()).total_seconds() + 0.5))
+    response = await async_client.get("/async-page/")
+
+    assert response.status_code == 200 and response.content == b"async ok"
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 1
+    token = await SocialToken.objects.aget(pk=user.token.pk)
+    assert token.token_secret and token.token_secret != first
+    assert (await async_client.get("/async-page/")).status_code == 200
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 1
 
 
 @pytest.mark.parametrize("alias", DATABASES)
