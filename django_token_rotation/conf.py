@@ -334,7 +334,11 @@ class Settings:
     def ADMIN(self) -> bool:
         """Register this app's ``SocialToken`` admin (read-only, masked tokens, refresh
         actions) in place of allauth's own; ``False`` keeps allauth's. The refresh
-        history admin is registered either way. Read once, when the admin loads."""
+        history admin is registered either way. Read once, when the admin loads.
+
+        :type: ``bool``
+        :default: ``True``
+        """
         return bool(self._get("ADMIN", True))
 
     # -- request layer -------------------------------------------------------

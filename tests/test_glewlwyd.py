@@ -238,7 +238,6 @@ def test_burst_of_processes_refreshes_once(alias: str, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refused() == refused
 
 
-@pytest.mark.xfail(strict=True, reason="needs the bodiless-4xx rule (h-answers)")
 def test_revocation_at_glewlwyd_ends_at_the_prompt(sign_in: Any, glewlwyd: Glewlwyd) -> None:
     user = sign_in()
     assert glewlwyd.revoke_grants(user.username, user.password) == 1
