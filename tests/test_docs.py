@@ -225,3 +225,23 @@ def test_the_version_is_set_once_in_setup_cfg() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), "a release version (semantic versioning)"
     # The changelog has an entry for it.
     assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_manuals_pictures_are_the_browser_tests_screenshots_at_1280_px() -> None:
+    """docs/*.png come from ``make screenshots`` (tests/test_admin_browser.py and
+    tests/test_demo_browser.py, headless Chromium at 1280 px); each is shown on a page."""
+    import struct
+
+    pictures = sorted(DOCS.glob("*.png"))
+    assert {p.name for p in pictures} >= {
+        "admin-token-list.png",
+        "admin-token-page.png",
+        "admin-refresh-history.png",
+    }
+    manual = "".join(page.read_text() for page in DOCS.glob("*.rst"))
+    for picture in pictures:
+        header = picture.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n", picture.name
+        width, _ = struct.unpack(">II", header[16:24])
+        assert width == 1280, f"{picture.name} is {width} px wide"
+        assert f":: {picture.name}" in manual, f"{picture.name} is on no page"
