@@ -245,3 +245,15 @@ def test_the_manuals_pictures_are_the_browser_tests_screenshots_at_1280_px() -> 
         width, _ = struct.unpack(">II", header[16:24])
         assert width == 1280, f"{picture.name} is {width} px wide"
         assert f":: {picture.name}" in manual, f"{picture.name} is on no page"
+
+
+def test_a_bad_setting_links_its_own_entry_of_the_settings_page(settings: Any) -> None:
+    """Check E005's hint is the hosted entry of that setting: an anchor the build makes."""
+    from django_token_rotation import checks
+
+    settings.TOKEN_ROTATION_LEEWAY = "soon"
+    (message,) = [m for m in checks.check_setup() if m.id == "token_rotation.E005"]
+    assert message.hint is not None
+    assert message.hint.endswith("/settings.html#token-rotation-leeway")
+    # The heading that Sphinx turns into that id.
+    assert "``TOKEN_ROTATION_LEEWAY``\n-----" in (DOCS / "settings.rst").read_text()
