@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint docs settings-doc screenshots clean
+.PHONY: test demo lint docs settings-doc screenshots providers-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ settings-doc: $(VENV)/.test-installed
 # browser tests (Debian's chromium through Playwright).
 screenshots: $(VENV)/.test-installed
 	TOKEN_ROTATION_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/test_admin_browser.py tests/test_demo_browser.py
+
+# The generated tables of docs/providers.rst, from the provider registry.
+providers-doc: $(VENV)/.test-installed
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -c 'import sys, django; django.setup(); \
+	from django_token_rotation.providers.docs import main; sys.exit(main(["docs/providers.rst"]))'
 
 clean:
 	rm -rf $(VENV) docs/_build .nox .pytest_cache .mypy_cache .ruff_cache *.egg-info

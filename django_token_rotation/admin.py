@@ -35,6 +35,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import health, revocation, rotation
+from .conf import app_settings
 from .exceptions import TokenRotationError
 from .models import RefreshEvent, TokenState
 
@@ -542,7 +543,8 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 SocialToken._meta.verbose_name = _("OAuth token")
 SocialToken._meta.verbose_name_plural = _("OAuth tokens")
 
-if admin.site.is_registered(SocialToken):
-    admin.site.unregister(SocialToken)
-admin.site.register(SocialToken, SocialTokenAdmin)
+if app_settings.ADMIN:  # TOKEN_ROTATION_ADMIN = False keeps allauth's own
+    if admin.site.is_registered(SocialToken):
+        admin.site.unregister(SocialToken)
+    admin.site.register(SocialToken, SocialTokenAdmin)
 admin.site.register(RefreshEvent, RefreshEventAdmin)

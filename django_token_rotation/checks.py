@@ -166,6 +166,31 @@ def check_deprecated_settings(app_configs: Any = None, **kwargs: Any) -> list[ch
     ]
 
 
+@checks.register(checks.Tags.compatibility)
+def check_provider_errors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Shapes in ``TOKEN_ROTATION_PROVIDER_ERRORS`` that no answer can ever match."""
+    from .conf import app_settings, docs_url
+    from .providers.registry import SHAPE
+
+    try:
+        configured = app_settings.PROVIDER_ERRORS
+    except ImproperlyConfigured:
+        return []  # E005
+    return [
+        checks.Warning(
+            f"TOKEN_ROTATION_PROVIDER_ERRORS[{provider!r}] names the shape {shape[:80]!r}, "
+            "which no answer can match: the rule is never used.",
+            hint="Shapes are an error code, graph:<number>, message:<text in lower case>, "
+            "field:<field>:<code>, http:<status> or http:<status>:empty: "
+            f"{docs_url('providers')}",
+            id="token_rotation.W010",
+        )
+        for provider, shapes in configured.items()
+        for shape in shapes
+        if not SHAPE.fullmatch(shape)
+    ]
+
+
 # -- what a newcomer trips on and allauth does not report ------------------------
 
 REQUEST_PROCESSOR = "django.template.context_processors.request"
@@ -239,8 +264,8 @@ def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
 def offline_access_problems(
     provider: str, scope: Iterable[str] | None, auth_params: dict[str, Any] | None, where: str
 ) -> list[checks.CheckMessage]:
-    """Warnings for one app, from the opt-ins of the provider quirks table
-    (``providers.QUIRKS``: Google's access_type=offline, offline_access, X's
+    """Warnings for one app, from the opt-ins of the provider registry
+    (``providers.registry``: Google's access_type=offline, offline_access, X's
     offline.access, Dropbox's token_access_type=offline...)."""
     from .providers import offline_access_missing
 

@@ -222,6 +222,49 @@ class Settings:
             raise ImproperlyConfigured(f"{self.prefix}CACHE must be a cache alias.")
         return value
 
+    @property
+    def ID_TOKEN_LEEWAY(self) -> float:
+        """Seconds of clock skew tolerated when a refreshed ID token's ``iat``,
+        ``exp`` and ``nbf`` are checked: a provider whose clock runs this much
+        ahead or behind ours is not an error. At most 600 (check E005).
+
+        :type: ``float``
+        :default: ``300``
+        """
+        value = self._number("ID_TOKEN_LEEWAY", 300)
+        if value > 600:
+            raise ImproperlyConfigured(
+                f"{self.prefix}ID_TOKEN_LEEWAY must be at most 600 seconds, not {value!r}: "
+                "a larger skew would accept ID tokens long expired."
+            )
+        return value
+
+    @property
+    def PROVIDER_ERRORS(self) -> dict[str, dict[str, str]]:
+        """A provider's error answers in its own words, by provider id: shape ->
+        the standard OAuth code it means (``invalid_grant``, ``invalid_client``,
+        ``server_error``, ``temporarily_unavailable``, ``slow_down``...). Added to
+        (and overriding) the shapes of the provider's registry entry; for in-house
+        providers, e.g. glewlwyd's ``{"http:400:empty": "invalid_grant"}``.
+
+        :type: ``dict[str, dict[str, str]]``
+        :default: ``{}``
+        """
+        from .providers.registry import MEANINGS
+
+        value = self._get("PROVIDER_ERRORS", {})
+        if not isinstance(value, dict) or not all(
+            isinstance(provider, str)
+            and isinstance(shapes, dict)
+            and all(isinstance(k, str) and v in MEANINGS for k, v in shapes.items())
+            for provider, shapes in value.items()
+        ):
+            raise ImproperlyConfigured(
+                f"{self.prefix}PROVIDER_ERRORS must map provider ids to dicts of error shape "
+                f"-> one of {', '.join(sorted(MEANINGS))}."
+            )
+        return value
+
     # -- history and revocation (admin, refresh_tokens) ------------------------
 
     @property
@@ -286,6 +329,13 @@ class Settings:
                 f"{self.prefix}REVOCATION_ENDPOINTS must map provider ids to URLs."
             )
         return value
+
+    @property
+    def ADMIN(self) -> bool:
+        """Register this app's ``SocialToken`` admin (read-only, masked tokens, refresh
+        actions) in place of allauth's own; ``False`` keeps allauth's. The refresh
+        history admin is registered either way. Read once, when the admin loads."""
+        return bool(self._get("ADMIN", True))
 
     # -- request layer -------------------------------------------------------
 
