@@ -257,3 +257,17 @@ def test_a_bad_setting_links_its_own_entry_of_the_settings_page(settings: Any) -
     assert message.hint.endswith("/settings.html#token-rotation-leeway")
     # The heading that Sphinx turns into that id.
     assert "``TOKEN_ROTATION_LEEWAY``\n-----" in (DOCS / "settings.rst").read_text()
+
+
+def test_every_link_into_the_hosted_manual_names_a_page_of_docs() -> None:
+    """``.../en/stable/<page>.html`` for each ``docs/<page>.rst``: no link to a page that
+    the build does not make."""
+    base = setup_cfg_urls()["Documentation"].rstrip("/") + "/en/stable/"
+    files = [
+        ROOT / name for name in ("README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md")
+    ]
+    for path in files:
+        for link in LINK.findall(path.read_text()):
+            if link.startswith(base) and link != base:
+                page = link[len(base) :].split("#")[0].removesuffix(".html")
+                assert (DOCS / f"{page}.rst").exists(), f"{path.name}: {link}"
