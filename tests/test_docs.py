@@ -172,7 +172,7 @@ def setup_cfg_urls() -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines)
 
 
-LINK = re.compile(r"https?://[^\s)>`\"']+")
+LINK = re.compile(r"https?://[^\s)>`\"'*]+")
 
 
 def test_the_package_reads_its_addresses_from_setup_cfg() -> None:
