@@ -271,3 +271,17 @@ def test_every_link_into_the_hosted_manual_names_a_page_of_docs() -> None:
             if link.startswith(base) and link != base:
                 page = link[len(base) :].split("#")[0].removesuffix(".html")
                 assert (DOCS / f"{page}.rst").exists(), f"{path.name}: {link}"
+
+
+def test_the_commands_contributors_are_told_to_run_exist() -> None:
+    """Every ``make X`` of the README and CONTRIBUTING.md is a target of the Makefile, and
+    every ``nox -s NAME`` a session of noxfile.py."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w.-]+):", makefile, re.M))
+    noxfile = (ROOT / "noxfile.py").read_text()
+    for name in ("README.md", "CONTRIBUTING.md"):
+        text = (ROOT / name).read_text()
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", text):
+            assert target in targets, f"{name}: make {target}"
+        for session in re.findall(r"nox -s \"?([\w.-]+)", text):
+            assert f"def {session.split('-')[0]}(" in noxfile, f"{name}: nox -s {session}"
