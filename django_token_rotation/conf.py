@@ -332,9 +332,15 @@ class Settings:
 
     @property
     def ADMIN(self) -> bool:
-        """Register this app's ``SocialToken`` admin (read-only, masked tokens, refresh
-        actions) in place of allauth's own; ``False`` keeps allauth's. The refresh
-        history admin is registered either way. Read once, when the admin loads."""
+        """Register this app's ``SocialToken`` admin (read-only, token values masked, "Refresh
+        now", "Clear error" and "Revoke at provider" actions; see :doc:`admin`) in place of
+        allauth's own. ``False`` keeps allauth's admin, which shows and edits both tokens as
+        plain text: give its permissions to few people. The refresh history admin is registered
+        either way. Read once, when the admin loads.
+
+        :type: ``bool``
+        :default: ``True``
+        """
         return bool(self._get("ADMIN", True))
 
     # -- request layer -------------------------------------------------------

@@ -536,7 +536,7 @@ def test_an_engine_failure_never_breaks_the_page(
     def database_gone(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("connection refused")
 
-    # Where the engine reads the user's tokens from (through the router's database).
+    # The engine's one read of the user's tokens (on the router's write database).
     monkeypatch.setattr(store, "newest_first", database_gone)
     response = signed_in.get("/page/")
     assert response.status_code == 200
