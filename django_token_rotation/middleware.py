@@ -134,7 +134,7 @@ class TokenRefreshMiddleware:
 
         Picks one of the four answers below by the kind of request: an allauth
         headless app client (a session token), an HTMX request, a
-        ``fetch``/XHR/JSON call (``middleware.wants_json``), an HTML page. Never
+        ``fetch``/XHR/JSON call (:func:`wants_json`), an HTML page. Never
         called for allauth's own views and ``TOKEN_ROTATION_EXEMPT_PATHS``.
         """
         if token_session.is_app(request):
