@@ -147,9 +147,24 @@ def _check_settings() -> list[checks.CheckMessage]:
 
 
 @checks.register(checks.Tags.compatibility)
+def check_deprecated_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A deprecated setting still set: what replaces it (conf.DEPRECATED)."""
+    from .conf import deprecated_settings_in_use, docs_url
+
+    return [
+        checks.Warning(
+            f"{name} is deprecated and will be removed in 2.0: {replacement}.",
+            hint=f"Remove {name} from your settings: {docs_url('settings', 'deprecated-settings')}",
+            id="token_rotation.W101",
+        )
+        for name, replacement in deprecated_settings_in_use()
+    ]
+
+
+@checks.register(checks.Tags.compatibility)
 def check_provider_errors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Shapes in ``TOKEN_ROTATION_PROVIDER_ERRORS`` that no answer can ever match."""
-    from .conf import app_settings
+    from .conf import app_settings, docs_url
     from .providers.registry import SHAPE
 
     try:
@@ -161,7 +176,8 @@ def check_provider_errors(app_configs: Any = None, **kwargs: Any) -> list[checks
             f"TOKEN_ROTATION_PROVIDER_ERRORS[{provider!r}] names the shape {shape[:80]!r}, "
             "which no answer can match: the rule is never used.",
             hint="Shapes are an error code, graph:<number>, message:<text in lower case>, "
-            "field:<field>:<code>, http:<status> or http:<status>:empty (docs/providers.rst).",
+            "field:<field>:<code>, http:<status> or http:<status>:empty: "
+            f"{docs_url('providers')}",
             id="token_rotation.W010",
         )
         for provider, shapes in configured.items()
@@ -229,11 +245,13 @@ def check_request_context_processor(
 
 
 def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
+    from .conf import docs_url
+
     return checks.Warning(
         f"The {provider} app ({where}) does not ask for refresh tokens: {what}.",
         hint="Without a refresh token the user has to sign in again whenever the access "
         "token expires. Silence token_rotation.W007 if this provider issues refresh tokens "
-        "anyway.",
+        f"anyway. How each provider issues them: {docs_url('providers')}",
         id="token_rotation.W007",
     )
 

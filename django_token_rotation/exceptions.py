@@ -168,6 +168,11 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
         False,
         "the refresh could not be made safely inside the caller's open transaction",
     ),
+    "database_locked": (
+        False,
+        "another transaction held the database's write lock (SQLite) for longer than "
+        "TOKEN_ROTATION_WAIT; nothing sent",
+    ),
     "lease_expired": (False, "the lease ran out before the refresh token was sent; nothing sent"),
     "database_error": (False, "the database failed while the refresh was stored"),
     "internal_error": (False, "an unexpected error (a bug); logged by type and place"),

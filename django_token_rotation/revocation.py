@@ -23,7 +23,7 @@ from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from . import client, providers
+from . import client, providers, transactions
 from .conf import app_settings
 from .exceptions import TokenRotationError, contained
 from .providers.registry import entry
@@ -98,7 +98,7 @@ def revoke(token: SocialToken, *, timeout: float | None = None, delete: bool = T
         return _outcome(token, exc.code)
     deleted = False
     if delete:
-        SocialToken.objects.using(token._state.db).filter(pk=token.pk).delete()
+        SocialToken.objects.using(transactions.database(token)).filter(pk=token.pk).delete()
         deleted = True
     logger.info(
         "Revoked token %s of provider %s at the provider%s.",
@@ -150,7 +150,11 @@ def revoke_on_logout(
     if user is None or not app_settings.REVOKE_ON_LOGOUT:
         return
     try:
-        tokens = SocialToken.objects.filter(account__user=user).select_related("account", "app")
+        tokens = (
+            SocialToken.objects.using(transactions.database())
+            .filter(account__user=user)
+            .select_related("account", "app")
+        )
         revoke_within(tokens, budget=app_settings.REVOKE_TIMEOUT, delete=True)
     except Exception as exc:  # logout must not fail because of us
         logger.error("Revocation on logout failed (%s).", type(exc).__name__)
@@ -165,7 +169,7 @@ def revoke_on_disconnect(sender: Any, instance: SocialAccount, **kwargs: Any) ->
     if not app_settings.REVOKE_ON_DISCONNECT:
         return
     try:
-        tokens = SocialToken.objects.using(instance._state.db).filter(account=instance)
+        tokens = SocialToken.objects.using(transactions.database(instance)).filter(account=instance)
         revoke_within(
             tokens.select_related("account", "app"),
             budget=app_settings.REVOKE_TIMEOUT,

@@ -26,7 +26,7 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from . import client, idtoken, providers, store, transactions
@@ -183,7 +183,9 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     (SQLite), it raises ``TokenRefreshUnavailable("in_transaction")`` instead
     of calling the provider.
     """
-    alias = token._state.db or DEFAULT_DB_ALIAS
+    if transactions.use_write_database(token):
+        store.reload(token)  # read from a replica: decide on the written values
+    alias = transactions.database(token)
     if transactions.in_callers_transaction(alias):
         if not transactions.can_write_beside(alias):
             raise TokenRefreshUnavailable(
@@ -208,7 +210,38 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 provider=store.provider_key(token),
                 token_id=token.pk,
             ) from None
-    return Flight(token, force=force).run(_refresh_holding)
+    try:
+        with transactions.bounded_lock_waits(alias, app_settings.WAIT):
+            return Flight(token, force=force).run(_refresh_holding)
+    except DatabaseError as exc:
+        if not transactions.is_busy(exc):
+            raise
+        raise TokenRefreshUnavailable(
+            "Another transaction held the database's write lock for longer than "
+            "TOKEN_ROTATION_WAIT.",
+            code="database_locked",
+            provider=store.provider_key(token),
+            token_id=token.pk,
+        ) from None
+
+
+@contained
+@sensitive_variables()
+def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
+    """An API refused ``rejected_access``: refresh ``token`` now, unless the stored
+    access token is no longer that one (another caller refreshed meanwhile: the
+    stored one is returned, refreshed first only if due).
+
+    The fence of the authorized HTTP clients (:mod:`.http`): however many callers
+    see the same 401 at once, one refresh. A recorded back-off or refusal is
+    respected (unlike ``refresh(force=True)``).
+    """
+    state = store.reload(token)
+    if token.token != rejected_access:
+        access_token_for(token)
+        return token
+    Flight(token, force=False).check_blocked(state)
+    return refresh(token, force=True)
 
 
 # --------------------------------------------------------------------------
@@ -250,7 +283,7 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     token = flight.token
     endpoint = providers.resolve(token)
     client.require_secure(endpoint.url, provider=endpoint.provider)
-    alias = token._state.db or DEFAULT_DB_ALIAS
+    alias = transactions.database(token)
     if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
         # An open transaction (perhaps the caller's own) holds the token's row:
         # the answer could not be stored, so the refresh token is not sent.
@@ -277,6 +310,7 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
             provider=store.provider_key(token),
             token_id=token.pk,
         )
+    transactions.before_send(alias)
     started = time.monotonic()
     flight.sent = True
     try:
@@ -372,6 +406,7 @@ __all__ = [
     "needs_refresh",
     "refresh",
     "refresh_blocker",
+    "refresh_if_current",
     "refused",
     "state_of",
 ]

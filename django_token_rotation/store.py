@@ -21,10 +21,10 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connectio
 from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
-from . import client, expiry, signals
+from . import client, expiry, signals, transactions
 from .answers import CONFIRMED, UNCONFIRMED, Outcome, Verdict, interpret, judge_error
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
-from .models import TokenState, TokenStateQuerySet, fingerprint
+from .models import RefreshEvent, TokenState, TokenStateQuerySet, fingerprint
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -42,7 +42,8 @@ def provider_key(token: SocialToken) -> str:
 def newest_first(**lookups: Any) -> QuerySet[SocialToken]:
     """Tokens with what the engine reads, the one that expires last (the newest) first."""
     tokens: QuerySet[SocialToken] = (
-        SocialToken.objects.filter(**lookups)
+        SocialToken.objects.using(transactions.database())
+        .filter(**lookups)
         .select_related("account", "app", "rotation_state")
         .order_by(F("expires_at").desc(nulls_last=True), "-pk")
     )
@@ -50,7 +51,12 @@ def newest_first(**lookups: Any) -> QuerySet[SocialToken]:
 
 
 def state_of(token: SocialToken) -> TokenState | None:
-    """The token's ``TokenState`` if it has one (no query when it was selected)."""
+    """The token's ``TokenState`` if it has one (no query when it was selected;
+    else read from the token's write database, never a replica)."""
+    relation = SocialToken._meta.get_field("rotation_state")
+    if not relation.is_cached(token):
+        state = states(token).filter(pk=token.pk).first()
+        relation.set_cached_value(token, state)
     try:
         return token.rotation_state  # type: ignore[no-any-return]
     except TokenState.DoesNotExist:
@@ -59,7 +65,7 @@ def state_of(token: SocialToken) -> TokenState | None:
 
 def states(token: SocialToken) -> TokenStateQuerySet:
     """``TokenState`` rows in the token's own database (multi-database sites)."""
-    return TokenState.objects.using(token._state.db)
+    return TokenState.objects.using(transactions.database(token))
 
 
 def gone(token: SocialToken) -> ReauthenticationRequired:
@@ -189,6 +195,8 @@ def _write_tokens(
                     signals.token_refreshed,
                     token=token,
                     provider=provider_key(token),
+                    outcome=RefreshEvent.Outcome.REFRESHED,
+                    code=None,
                     rotated=outcome.rotated,
                     duration=elapsed,
                 )
@@ -354,6 +362,7 @@ def _record_permanent(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_PERMANENT,
         code=exc.code,
         permanent=True,
         retry_at=None,
@@ -401,6 +410,7 @@ def record_transient(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_TRANSIENT,
         code=exc.code,
         permanent=False,
         retry_at=retry_at,

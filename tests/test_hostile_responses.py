@@ -21,7 +21,7 @@ from django_token_rotation.client import (
     parse_token_response,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer
 
 ENDPOINT = TokenEndpoint(

@@ -15,7 +15,7 @@ from django.core.cache import cache
 
 from django_token_rotation import ReauthenticationRequired, get_access_token
 from django_token_rotation.models import TokenState, fingerprint
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp, SocialToken
-from django.db import OperationalError, connection
+from django.db import connection
 
 from django_token_rotation import (
     ReauthenticationRequired,
@@ -16,18 +15,10 @@ from django_token_rotation import (
     get_access_token,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, connect, failing_token_writes, start_workers, worker_env
 from tests.scripted_server import ScriptedServer, oauth_error, tokens
-from tests.test_concurrency import start_workers, worker_env
-from tests.test_with_provider import connect
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
-
-
-def failing_token_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-    if sql.startswith('UPDATE "socialaccount_socialtoken"'):
-        raise OperationalError("disk I/O error (injected)")
-    return execute(sql, *args)
 
 
 @pytest.mark.django_db

@@ -29,7 +29,7 @@ from django_token_rotation import (
     refresh,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, stored
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 pytestmark = pytest.mark.django_db
@@ -79,10 +79,6 @@ TEMPORARY = {
         "refusal_unconfirmed",
     ),
 }
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 def provider_of(case: str) -> str:

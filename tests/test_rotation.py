@@ -20,7 +20,7 @@ from django_token_rotation import (
     signals,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import SECRETS, MakeToken
+from tests.helpers import SECRETS, MakeToken, stored
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]
@@ -43,10 +43,6 @@ def received_signals(django_capture_on_commit_callbacks: Any) -> Any:
     yield seen
     signals.token_refreshed.disconnect(on_refreshed)
     signals.token_refresh_failed.disconnect(on_failed)
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 def state_of(token: SocialToken) -> TokenState:

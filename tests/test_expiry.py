@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from django_token_rotation import expiry, get_access_token, refresh
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer, tokens
 
 pytestmark = pytest.mark.django_db

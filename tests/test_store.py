@@ -24,7 +24,7 @@ from django_token_rotation import (
 )
 from django_token_rotation.exceptions import ERROR_CODES
 from django_token_rotation.models import TokenState, fingerprint
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, failing_token_writes, stored
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]
@@ -40,10 +40,6 @@ UNUSABLE_ACCESS_TOKENS = {
         "refresh_token": "new-refresh",
     },
 }
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 @pytest.mark.parametrize("body", UNUSABLE_ACCESS_TOKENS.values(), ids=UNUSABLE_ACCESS_TOKENS)
@@ -158,8 +154,6 @@ def test_a_database_failure_while_keeping_it_is_a_lost_rotation_later(
     fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
 ) -> None:
     from django.db import connection
-
-    from tests.test_lost_rotation import failing_token_writes
 
     token = make_token()
     scripted.script(tokens(token_type="DPoP"), oauth_error("invalid_grant"))
