@@ -31,6 +31,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.utils import timezone
 
+from django_token_rotation.models import TokenState
 from tests.glewlwyd.fixture import ACCESS_TOKEN_LIFETIME, Glewlwyd
 from tests.test_concurrency import (
     ALIASES,
@@ -238,8 +239,8 @@ def test_burst_of_processes_refreshes_once(alias: str, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refused() == refused
 
 
-@pytest.mark.xfail(strict=True, reason="needs the bodiless-4xx rule (h-answers)")
 def test_revocation_at_glewlwyd_ends_at_the_prompt(sign_in: Any, glewlwyd: Glewlwyd) -> None:
+    # glewlwyd's empty HTTP 400: refusal_unconfirmed, then refusal_confirmed (two calls).
     user = sign_in()
     assert glewlwyd.revoke_grants(user.username, user.password) == 1
     refused = glewlwyd.refused()
@@ -258,6 +259,24 @@ def test_revocation_at_glewlwyd_ends_at_the_prompt(sign_in: Any, glewlwyd: Glewl
     assert re.search(r"\[RefreshAccessTokenError\]", page)
     token = SocialToken.objects.get(pk=user.token.pk)
     assert token.token_secret == user.token.token_secret  # nothing overwritten
+
+
+def test_a_site_that_names_glewlwyds_empty_400_gets_the_prompt_at_the_first_refusal(
+    sign_in: Any, glewlwyd: Glewlwyd, settings: Any
+) -> None:
+    # What docs/providers.rst tells a glewlwyd site: its empty 400 means invalid_grant.
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = {PROVIDER_ID: {"http:400:empty": "invalid_grant"}}
+    user = sign_in()
+    assert glewlwyd.revoke_grants(user.username, user.password) == 1
+    refused = glewlwyd.refused()
+
+    wait_until_due(user.token)
+    page = user.page()
+
+    assert PROMPT in page
+    assert glewlwyd.refused() - refused == 1
+    state = TokenState.objects.get(token_id=user.token.pk)
+    assert (state.needs_reauth, state.last_error) == (True, "invalid_grant")
 
 
 def test_glewlwyd_refuses_with_a_bare_400(glewlwyd: Glewlwyd) -> None:
