@@ -342,9 +342,9 @@ class Settings:
     def ADMIN(self) -> bool:
         """Register this app's ``SocialToken`` admin (read-only, token values masked, "Refresh
         now", "Clear error" and "Revoke at provider" actions; see :doc:`admin`) in place of
-        allauth's own. ``False`` keeps allauth's admin, which shows and edits both tokens as plain
-        text: give its permissions to few people. The refresh history admin is registered either
-        way. Read once, when the admin loads.
+        allauth's own. ``False`` keeps allauth's admin, which shows and edits both tokens as
+        plain text: give its permissions to few people. The refresh history admin is registered
+        either way. Read once, when the admin loads.
 
         :type: ``bool``
         :default: ``True``
