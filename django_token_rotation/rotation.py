@@ -317,13 +317,14 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
         answer = client.refresh_token_grant(endpoint, sent)
     except TokenRotationError as exc:
         return _refused(token, exc, sent, replay, started)
+    verdict = _checked_id_token(token, endpoint, answer)
     if store.store_answer(
         token,
         answer,
         sent,
         lease_id=flight.lease_id,
         elapsed=time.monotonic() - started,
-        id_token=_checked_id_token(token, endpoint, answer),
+        id_token=verdict,
         replay=replay,
     ):
         flight.released = True
