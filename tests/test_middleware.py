@@ -533,6 +533,7 @@ def test_an_engine_failure_never_breaks_the_page(
         raise RuntimeError("connection refused")
 
     monkeypatch.setattr(SocialToken.objects, "filter", database_gone)
+    monkeypatch.setattr(SocialToken.objects, "using", database_gone)  # the write database
     response = signed_in.get("/page/")
     assert response.status_code == 200
     assert error_in(response) == ""
