@@ -2,10 +2,10 @@
 action, and the optional revocation on logout and on disconnecting an account.
 
 The endpoint comes from ``TOKEN_ROTATION_REVOCATION_ENDPOINTS``, else the
-OpenID Connect discovery document's ``revocation_endpoint``, else a small table
-of providers known to allauth. The client authenticates exactly as it does to
-refresh (:func:`providers.resolve`), and the request goes through
-:func:`client.revoke_token`. Nothing here logs or returns a token value.
+OpenID Connect discovery document's ``revocation_endpoint``, else the endpoint
+of the provider's registry entry (:mod:`.providers.registry`). The client
+authenticates exactly as it does to refresh (:func:`providers.resolve`), and the
+request goes through :func:`client.revoke_token`. Nothing here logs or returns a token value.
 """
 
 from __future__ import annotations
@@ -26,13 +26,9 @@ from django.http import HttpRequest
 from . import client, providers, transactions
 from .conf import app_settings
 from .exceptions import TokenRotationError, contained
+from .providers.registry import entry
 
 logger = logging.getLogger("django_token_rotation")
-
-#: RFC 7009 endpoints of allauth providers that do not publish a discovery document.
-KNOWN_ENDPOINTS: dict[str, str] = {
-    "google": "https://oauth2.googleapis.com/revoke",
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,11 @@ def revocation_endpoint(token: SocialToken, *, timeout: float | None = None) -> 
         url = providers.openid_configuration(provider, timeout=timeout).get("revocation_endpoint")
         if isinstance(url, str) and url:
             return url
-    return KNOWN_ENDPOINTS.get(key) or KNOWN_ENDPOINTS.get(str(getattr(provider, "id", "")))
+    return (
+        entry(key).revocation_endpoint
+        or entry(str(getattr(provider, "id", ""))).revocation_endpoint
+        or None
+    )
 
 
 @contained

@@ -225,6 +225,25 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
         ) from None
 
 
+@contained
+@sensitive_variables()
+def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
+    """An API refused ``rejected_access``: refresh ``token`` now, unless the stored
+    access token is no longer that one (another caller refreshed meanwhile: the
+    stored one is returned, refreshed first only if due).
+
+    The fence of the authorized HTTP clients (:mod:`.http`): however many callers
+    see the same 401 at once, one refresh. A recorded back-off or refusal is
+    respected (unlike ``refresh(force=True)``).
+    """
+    state = store.reload(token)
+    if token.token != rejected_access:
+        access_token_for(token)
+        return token
+    Flight(token, force=False).check_blocked(state)
+    return refresh(token, force=True)
+
+
 # --------------------------------------------------------------------------
 # What the lease holder does
 # --------------------------------------------------------------------------
@@ -296,28 +315,16 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     flight.sent = True
     try:
         answer = client.refresh_token_grant(endpoint, sent)
-    except ReauthenticationRequired as exc:
+    except TokenRotationError as exc:
         return _refused(token, exc, sent, replay, started)
-    except TokenRefreshUnavailable as exc:
-        store.record_transient(token, exc, elapsed=time.monotonic() - started)
-        raise
-    if answer.refused is not None:
-        error = store.store_refresh_token(
-            token, answer, sent, error=answer.refused, elapsed=time.monotonic() - started
-        )
-        if error is None:
-            return token
-        raise error
-    claims = _checked_id_token(token, endpoint, answer)
-    if isinstance(claims, ReauthenticationRequired):
-        return _refused(token, claims, sent, replay, started)
     if store.store_answer(
         token,
         answer,
         sent,
         lease_id=flight.lease_id,
         elapsed=time.monotonic() - started,
-        claims=claims,
+        id_token=_checked_id_token(token, endpoint, answer),
+        replay=replay,
     ):
         flight.released = True
     return token
@@ -325,16 +332,14 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
 
 def _refused(
     token: SocialToken,
-    exc: ReauthenticationRequired,
+    exc: TokenRotationError,
     sent: str,
     replay: bool,
     started: float,
 ) -> SocialToken:
-    """Record the provider's refusal and raise it, or adopt the token that
+    """Record the provider's error answer and raise it, or adopt the token that
     another worker stored meanwhile."""
-    error = store.record_refusal(
-        token, exc, sent, replay=replay, elapsed=time.monotonic() - started
-    )
+    error = store.record_error(token, exc, sent, replay=replay, elapsed=time.monotonic() - started)
     if error is None:
         return token
     raise error
@@ -400,6 +405,7 @@ __all__ = [
     "needs_refresh",
     "refresh",
     "refresh_blocker",
+    "refresh_if_current",
     "refused",
     "state_of",
 ]

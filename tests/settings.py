@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     # under socialaccount (a phantom migration for every later test).
     "allauth.socialaccount.providers.openid",
     "tests.fakeprovider",
+    # allauth headless (browser and app clients; tests/test_headless.py), served at /_allauth/.
+    "allauth.headless",
     "django_token_rotation",
 ]
 

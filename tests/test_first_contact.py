@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
@@ -229,12 +231,6 @@ def test_check_tells_a_newcomer_who_forgot_allauths_urls(tmp_path: Path) -> None
 
 
 # -- a real server and a signed-in request ----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(port: int, server: subprocess.Popen[str], timeout: float = 60) -> None:

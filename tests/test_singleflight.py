@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django_token_rotation import rotation, singleflight, wakeup
 from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 #: Far longer than any of these tests: a waiter back before it was woken.

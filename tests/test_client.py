@@ -15,7 +15,7 @@ from django_token_rotation import (
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer, tokens
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
