@@ -26,8 +26,7 @@ from django.db import connections
 from django_token_rotation import wakeup
 from django_token_rotation.models import TokenState
 from tests import test_transactions as through
-from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import (
+from tests.helpers import (
     ALIASES,
     PROCESSES,
     THREADS,
@@ -36,6 +35,7 @@ from tests.test_concurrency import (
     start_workers,
     worker_env,
 )
+from tests.scripted_server import Reply, ScriptedServer, tokens
 
 BOUNCER = "pgbouncer"
 DATABASES = [*ALIASES, BOUNCER]

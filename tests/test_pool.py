@@ -20,8 +20,8 @@ from django.db import connections, transaction
 
 from django_token_rotation import wakeup
 from django_token_rotation.rotation import access_token_for
+from tests.helpers import ALIASES, seed
 from tests.scripted_server import ScriptedServer
-from tests.test_concurrency import ALIASES, seed
 
 POOL = "postgres_pool"
 

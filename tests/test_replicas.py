@@ -30,9 +30,9 @@ from django.utils import timezone
 from django_token_rotation import get_access_token, refresh
 from django_token_rotation.models import RefreshEvent, TokenState
 from django_token_rotation.rotation import access_token_for
+from tests.helpers import ALIASES, seed
 from tests.routers import AllOn, PrimaryReplicaRouter, read_only_replica
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, seed
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
