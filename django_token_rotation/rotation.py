@@ -211,7 +211,7 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 token_id=token.pk,
             ) from None
     try:
-        with transactions.bounded_lock_waits(alias, app_settings.WAIT):
+        with transactions.bounded_busy_wait(alias, app_settings.WAIT):
             return Flight(token, force=force).run(_refresh_holding)
     except DatabaseError as exc:
         if not transactions.is_busy(exc):

@@ -39,7 +39,28 @@ def _unavailable_servers() -> dict[str, str]:
     return problems
 
 
+def _reading_from_the_replica(items: list[pytest.Item]) -> None:
+    """Shape "replica" (tests/settings.py): the router reads from the ``replica``
+    alias, so every database test may use it."""
+    if "replica" not in django_settings.DATABASES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if marker is None and not fixtures & {"db", "transactional_db"}:
+            continue
+        args = marker.args if marker is not None else ()
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        if marker is None and "transactional_db" in fixtures:
+            kwargs["transaction"] = True
+        databases = kwargs.get("databases") or ["default"]
+        if databases != "__all__" and "replica" not in databases:
+            kwargs["databases"] = [*databases, "replica"]
+        item.add_marker(pytest.mark.django_db(*args, **kwargs), append=False)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _reading_from_the_replica(items)
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:
