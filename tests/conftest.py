@@ -29,7 +29,31 @@ def _unavailable_servers() -> dict[str, str]:
     return problems
 
 
+#: The modules `nox -s shapes` runs once per shape of tests/settings.py (marked
+#: ``shapes``: ``pytest -m shapes``): the engine, the middleware and sessions,
+#: the admin, headless, transactions and processes. A module missing here is fine.
+SHAPES_MODULES = {
+    "test_rotation",
+    "test_singleflight",
+    "test_store",
+    "test_models",
+    "test_expiry",
+    "test_middleware",
+    "test_templatetags",
+    "test_admin",
+    "test_headless",
+    "test_transactions",
+    "test_concurrency",
+    "test_refresh_tokens",
+    "test_background",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shapes = pytest.mark.shapes
+    for item in items:
+        if item.path.stem in SHAPES_MODULES:
+            item.add_marker(shapes)
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:
