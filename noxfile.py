@@ -65,6 +65,15 @@ PYTEST = ["python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS]
 
 # Shapes the `shapes` session leaves out: the whole suite runs under them elsewhere.
 WHOLE_SUITE_SHAPES = {"usetz_false"}
+# Shapes that change no database setting: the `shapes` subset only. Every other shape
+# (a new one included) also runs the transactions, processes and deadlines (`shapes_db`).
+NOT_DATABASE_SHAPES = {
+    "signed_cookie_sessions",
+    "cache_sessions",
+    "cached_db_sessions",
+    "custom_user",
+    "usetz_false",
+}
 # Shapes together, as a PostgreSQL site in production has them.
 COMBINED_SHAPES = {
     "postgres_site": "default_postgres,atomic_requests,psycopg_pool,cache_sessions,custom_user",
@@ -118,10 +127,11 @@ def shapes(session: nox.Session) -> None:
         for name, value in runs.items():
             junit = Path(folder) / f"{name}.xml"
             session.log(f"shape {name}: TOKEN_ROTATION_TEST_SHAPES={value}")
+            marks = "shapes" if name in NOT_DATABASE_SHAPES else "shapes or shapes_db"
             session.run(
                 *PYTEST,
                 "-m",
-                "shapes",
+                marks,
                 f"--junitxml={junit}",
                 "-q",
                 env={"TOKEN_ROTATION_TEST_SHAPES": value},
