@@ -211,7 +211,7 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 token_id=token.pk,
             ) from None
     try:
-        with transactions.bounded_lock_waits(alias, app_settings.WAIT):
+        with transactions.bounded_busy_wait(alias, app_settings.WAIT):
             return Flight(token, force=force).run(_refresh_holding)
     except DatabaseError as exc:
         if not transactions.is_busy(exc):
@@ -336,13 +336,14 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
         answer = client.refresh_token_grant(endpoint, sent)
     except TokenRotationError as exc:
         return _refused(token, exc, sent, replay, started)
+    verdict = _checked_id_token(token, endpoint, answer)
     if store.store_answer(
         token,
         answer,
         sent,
         lease_id=flight.lease_id,
         elapsed=time.monotonic() - started,
-        id_token=_checked_id_token(token, endpoint, answer),
+        id_token=verdict,
         replay=replay,
     ):
         flight.released = True
