@@ -15,20 +15,27 @@ import contextlib
 import contextvars
 import datetime
 import email.utils
+import heapq
 import ipaddress
+import itertools
 import json
 import logging
+import os
 import re
+import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.util.connection
 from allauth.socialaccount.adapter import get_adapter
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -162,12 +169,17 @@ class TokenResponse:
 
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
-def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenResponse:
+def refresh_token_grant(
+    endpoint: TokenEndpoint, refresh_token: str, *, before_send: BeforeSend | None = None
+) -> TokenResponse:
     """Exchange ``refresh_token`` at ``endpoint``.
 
     Raises :class:`ReauthenticationRequired` when the provider refuses the grant
     or the client, :class:`TokenRefreshUnavailable` for everything that may work
-    later (network, 5xx, 429, malformed answers).
+    later (network, 5xx, 429, malformed answers). ``before_send`` runs once the
+    connection is up, immediately before the request is written (given the
+    seconds left of the deadline); what it raises is raised here, and nothing
+    is sent.
     """
     data = {**endpoint.params, "grant_type": "refresh_token", "refresh_token": refresh_token}
     # Always POST (RFC 6749 3.2), even for providers whose allauth adapter
@@ -179,6 +191,7 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
         data=data,
         headers={"Accept": "application/json", **(endpoint.headers or {})},
         auth=_authenticate(endpoint, data),
+        before_send=before_send,
     )
     return parse_token_response(
         endpoint,
@@ -333,6 +346,310 @@ def _session() -> tuple[requests.Session, Any]:
     return session, nullcontext(session)
 
 
+# -- the hard deadline on the wire ----------------------------------------------
+#
+# requests applies its timeout to each socket operation: a server that sends
+# its status line and headers a few bytes at a time is never cut off, and name
+# resolution has no timeout at all. Every HTTP call here runs under a _Guard
+# instead: its connections come from connection classes of our own (installed
+# on the session's pool managers by _arm), which resolve the name on a helper
+# thread waited for no longer than the deadline, connect with what is left of
+# it, and hand their socket to a watchdog thread that shuts it down when the
+# deadline passes, wherever the call is blocked (connect, TLS handshake, status
+# line, headers, body). Immediately before the request is written, the guard
+# runs the caller's last check (``before_send``): the engine's lease.
+
+#: The caller's last word before the request goes out, given the seconds left
+#: of the deadline: return to send, raise a TokenRotationError not to.
+BeforeSend = Callable[[float], None]
+
+
+class _Expired(Exception):
+    """The guard's deadline passed (never an OSError: urllib3 does not retry it)."""
+
+
+class _NotSent(Exception):
+    """The last check before sending said no: ``_Guard.refusal`` says why."""
+
+
+class _Guard:
+    """One HTTP call's deadline (``time.monotonic()``) and its last check."""
+
+    def __init__(self, ends: float, before_send: BeforeSend | None) -> None:
+        self.ends = ends
+        self.before_send = before_send
+        #: Set by the watchdog when the deadline passed before the call ended.
+        self.fired = False
+        self.refusal: BaseException | None = None
+        self._sent = False
+        self._lock = threading.Lock()
+        self._watched: list[socket.socket] = []
+        self._done = False
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline. A duplicate of the descriptor is
+        kept, so that it stays valid through a TLS wrap and cannot be reused for
+        another connection before :meth:`finish`."""
+        copy = sock.dup()
+        with self._lock:
+            if not self._done and not self.fired:
+                self._watched.append(copy)
+                return
+        _shut(copy)
+        copy.close()
+
+    def fire(self) -> None:
+        """The deadline passed: break off whatever the call is blocked in."""
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for sock in self._watched:
+                _shut(sock)
+
+    def finish(self) -> bool:
+        """The call is over; returns whether the watchdog fired during it."""
+        with self._lock:
+            self._done = True
+            watched, self._watched = self._watched, []
+        for sock in watched:
+            sock.close()
+        return self.fired
+
+    def check_before_send(self) -> None:
+        """Run immediately before the request is written to a connected socket."""
+        left = self.left()
+        if self.fired or left <= 0:
+            raise _Expired
+        if self.before_send is None:
+            return
+        if self._sent:
+            # A site's urllib3 Retry that retries POSTs: once sent, a refresh
+            # token is not sent again within this refresh.
+            self.refusal = TokenRefreshUnavailable(
+                "The request failed after it was sent; it is not sent again.",
+                code="connection_error",
+            )
+            raise _NotSent
+        try:
+            self.before_send(left)
+        except BaseException as exc:
+            self.refusal = exc
+            raise _NotSent from None
+        self._sent = True
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_guard: contextvars.ContextVar[_Guard | None] = contextvars.ContextVar(
+    "token_rotation_guard", default=None
+)
+
+
+class _Watchdog:
+    """One daemon thread per process that fires each guard at its deadline."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._queue: list[tuple[float, int, _Guard]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, guard: _Guard) -> None:
+        with self._changed:
+            heapq.heappush(self._queue, (guard.ends, next(self._order), guard))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="token-rotation-deadline", daemon=True
+                )
+                self._thread.start()
+            elif self._queue[0][2] is guard:
+                self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                while self._queue and self._queue[0][0] <= now:
+                    heapq.heappop(self._queue)[2].fire()
+                self._changed.wait(self._queue[0][0] - now if self._queue else None)
+
+
+_watchdog = _Watchdog()
+
+
+class _Lookup:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.addresses: list[Any] = []
+        self.error: OSError | None = None
+
+
+_lookups: dict[tuple[str, int, int], _Lookup] = {}
+_lookups_guard = threading.Lock()
+
+
+def _resolve(host: str, port: int, guard: _Guard) -> list[Any]:
+    """``getaddrinfo`` within the guard's deadline. It cannot be interrupted, so
+    it runs on a helper thread (one per name at a time, shared by concurrent
+    callers) that is left to finish on its own when the deadline passes."""
+    family = urllib3.util.connection.allowed_gai_family()
+    if _is_ip_address(host):
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    key = (host, port, int(family))
+    with _lookups_guard:
+        lookup = _lookups.get(key)
+        if lookup is None:
+            lookup = _lookups[key] = _Lookup()
+            threading.Thread(
+                target=_look_up, args=(key, lookup), name="token-rotation-resolve", daemon=True
+            ).start()
+    if not lookup.done.wait(max(guard.left(), 0.0)):
+        raise _Expired
+    if lookup.error is not None:
+        raise socket.gaierror(*lookup.error.args)
+    return lookup.addresses
+
+
+def _look_up(key: tuple[str, int, int], lookup: _Lookup) -> None:
+    host, port, family = key
+    try:
+        lookup.addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except OSError as exc:
+        lookup.error = exc
+    finally:
+        with _lookups_guard:
+            if _lookups.get(key) is lookup:
+                del _lookups[key]
+        lookup.done.set()
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _open_socket(conn: Any, guard: _Guard) -> socket.socket:
+    """urllib3's ``create_connection`` within the guard's deadline."""
+    host = conn._dns_host.strip("[]")
+    error: OSError | None = None
+    for family, kind, proto, _name, address in _resolve(host, conn.port, guard):
+        left = guard.left()
+        if left <= 0:
+            raise _Expired
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(left)
+            guard.watch(sock)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+        except OSError as exc:
+            error = exc
+            sock.close()
+            continue
+        return sock
+    raise error or OSError("getaddrinfo returned no address")
+
+
+class _Guarded(urllib3.connection.HTTPConnection):
+    """A urllib3 connection that keeps to the guard of the call in progress."""
+
+    def _new_conn(self) -> socket.socket:
+        guard = _guard.get()
+        if guard is None:
+            return super()._new_conn()
+        try:
+            return _open_socket(self, guard)
+        except (_Expired, TimeoutError) as exc:
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out."
+            ) from exc
+        except OSError as exc:
+            raise urllib3.exceptions.NewConnectionError(
+                self, f"Failed to establish a new connection: {type(exc).__name__}"
+            ) from exc
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        guard = _guard.get()
+        if guard is not None:
+            # Connected (TCP, proxy tunnel, TLS) before the last check, so that
+            # nothing but writing the request comes after it.
+            if self.sock is None:
+                self.connect()
+            assert self.sock is not None
+            guard.watch(self.sock)
+            guard.check_before_send()
+        return super().request(*args, **kwargs)
+
+
+class _GuardedHTTPS(_Guarded, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Guarded
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPS
+
+
+def _arm_manager(manager: Any) -> None:
+    """Make ``manager`` (a urllib3 PoolManager or ProxyManager) open guarded
+    connections, unless its pools are not urllib3's own (a SOCKS proxy)."""
+    classes = manager.pool_classes_by_scheme
+    if (classes.get("http"), classes.get("https")) == (
+        urllib3.HTTPConnectionPool,
+        urllib3.HTTPSConnectionPool,
+    ):
+        manager.pool_classes_by_scheme = {**classes, "http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _ArmedManagers(dict[str, Any]):
+    """requests' per-proxy managers, armed as requests creates them."""
+
+    def __setitem__(self, proxy: str, manager: Any) -> None:
+        _arm_manager(manager)
+        super().__setitem__(proxy, manager)
+
+
+def _arm(session: requests.Session) -> None:
+    """Guard every connection ``session``'s HTTP adapters open (requests'
+    ``HTTPAdapter`` and subclasses, through proxies too); other transports
+    keep requests' per-operation timeouts."""
+    for adapter in session.adapters.values():
+        if isinstance(adapter, requests.adapters.HTTPAdapter) and not isinstance(
+            adapter.proxy_manager, _ArmedManagers
+        ):
+            _arm_manager(adapter.poolmanager)
+            for manager in adapter.proxy_manager.values():
+                _arm_manager(manager)
+            adapter.proxy_manager = _ArmedManagers(adapter.proxy_manager)
+
+
+def _after_fork_in_child() -> None:
+    # Neither the watchdog thread nor the resolver threads survive a fork.
+    global _watchdog, _lookups_guard
+    _watchdog = _Watchdog()
+    _lookups_guard = threading.Lock()
+    _lookups.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
 def _send(
@@ -344,6 +661,7 @@ def _send(
     headers: Mapping[str, str] | None = None,
     auth: requests.auth.AuthBase | None = None,
     timeout: float | None = None,
+    before_send: BeforeSend | None = None,
 ) -> tuple[int, str, bytes, Mapping[str, str]]:
     timeout = app_settings.TIMEOUT if timeout is None else timeout
     limit = app_settings.MAX_RESPONSE_BYTES
@@ -359,9 +677,13 @@ def _send(
         raise TokenRefreshUnavailable(
             "No time left of this refresh's deadline.", code="timeout", provider=provider
         )
+    guard = _Guard(ends, before_send)
+    watched = _guard.set(guard)
+    _watchdog.watch(guard)
     session, scope = _session()
     try:
         with scope:
+            _arm(session)
             response = session.request(
                 method,
                 endpoint.url,
@@ -369,44 +691,49 @@ def _send(
                 data=data,
                 headers=dict(headers or {}),
                 auth=auth,
+                # Per socket operation; the guard holds the whole call to ``ends``.
                 timeout=(left, left),
                 allow_redirects=False,
                 stream=True,
             )
             with response:
-                body = _read_capped(response, limit=limit, deadline=ends)
+                body = _read_capped(response, limit=limit)
+                if guard.finish() and not _complete(response):
+                    # Cut at the deadline: an end of file, not the end of the body.
+                    raise _Expired
                 return (
                     response.status_code,
                     response.headers.get("Content-Type", ""),
                     body,
                     response.headers,
                 )
+    except _NotSent:
+        refusal = guard.refusal
+        if isinstance(refusal, TokenRotationError) and refusal.provider is None:
+            refusal.provider = provider
+        assert refusal is not None
+        raise refusal from None
     except _BodyTooLarge:
         raise TokenRefreshUnavailable(
             f"The response body exceeds {limit} bytes.",
             code="malformed_response",
             provider=provider,
         ) from None
-    except _BodyTooSlow:
-        raise TokenRefreshUnavailable(
-            f"The response did not arrive within {timeout} s.", code="timeout", provider=provider
-        ) from None
-    except requests.Timeout:
-        raise TokenRefreshUnavailable(
-            f"No answer within {timeout} s.", code="timeout", provider=provider
-        ) from None
-    except requests.ConnectionError:
-        raise TokenRefreshUnavailable(
-            "Could not connect to the endpoint.", code="connection_error", provider=provider
-        ) from None
-    except requests.RequestException as exc:
-        # The message of a requests exception can quote the URL: never pass it on.
-        raise TokenRefreshUnavailable(
-            f"HTTP request failed ({type(exc).__name__}).",
-            code="connection_error",
-            provider=provider,
-        ) from None
     except Exception as exc:
+        if guard.fired or isinstance(exc, (_Expired, requests.Timeout)):
+            # Whatever broke when the watchdog shut the socket: the deadline did it.
+            raise TokenRefreshUnavailable(
+                f"No complete answer within {timeout} s.", code="timeout", provider=provider
+            ) from None
+        if isinstance(exc, requests.RequestException):
+            # The message of a requests exception can quote the URL: never pass it on.
+            raise TokenRefreshUnavailable(
+                "Could not connect to the endpoint."
+                if isinstance(exc, requests.ConnectionError)
+                else f"HTTP request failed ({type(exc).__name__}).",
+                code="connection_error",
+                provider=provider,
+            ) from None
         # Anything else raised inside requests (a site's custom session or
         # adapter): its traceback would show the form with the refresh token
         # on a DEBUG error page. Report the type only, without the chain.
@@ -415,6 +742,19 @@ def _send(
             code="connection_error",
             provider=provider,
         ) from None
+    finally:
+        guard.finish()
+        _guard.reset(watched)
+
+
+def _complete(response: requests.Response) -> bool:
+    """Whether a body read to its end is all there: its declared length arrived
+    (a chunked body that is cut raises while it is read)."""
+    raw = response.raw
+    if getattr(raw, "chunked", False):
+        return True
+    declared = response.headers.get("Content-Length", "")
+    return declared.isdigit() and raw.tell() == int(declared)
 
 
 def require_secure(url: str, *, provider: str) -> None:
@@ -448,49 +788,30 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _BodyTooSlow(Exception):
-    pass
-
-
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
-def _read_capped(response: requests.Response, *, limit: int, deadline: float) -> bytes:
-    """The whole body, at most ``limit`` bytes, by ``deadline`` (``time.monotonic()``).
+def _read_capped(response: requests.Response, *, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (the guard of the call holds the
+    deadline: a body dripping a byte at a time is cut there).
 
-    Read one socket read at a time, each allowed only the time left, so that an
-    answer dripping a few bytes at a time cannot outlast the deadline; a body
-    that is complete is returned even if its last bytes came just in time.
+    ``stream()`` reads as urllib3 1.26 and 2.x both do (1.26 has no ``read1``).
     """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge
-    raw = response.raw
     chunks: list[bytes] = []
     size = 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _BodyTooSlow
-        _set_read_timeout(raw, left)
-        try:
-            chunk = raw.read1(16 * 1024, decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise _BodyTooSlow from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.ConnectionError(type(exc).__name__) from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-
-
-def _set_read_timeout(raw: Any, seconds: float) -> None:
-    """Let the next socket read of ``raw`` (a urllib3 response) wait ``seconds`` at most."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.001))
+    try:
+        for chunk in response.raw.stream(16 * 1024, decode_content=True):
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _Expired from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.ConnectionError(type(exc).__name__) from None
+    return b"".join(chunks)
 
 
 def _decode_json(body: bytes) -> Any:
