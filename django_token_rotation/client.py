@@ -393,7 +393,8 @@ class _Guard:
         """Shut ``sock`` down at the deadline. A duplicate of the descriptor is
         kept, so that it stays valid through a TLS wrap and cannot be reused for
         another connection before :meth:`finish`."""
-        copy = sock.dup()
+        # A plain socket on a duplicate descriptor (an SSLSocket refuses dup()).
+        copy = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
         with self._lock:
             if not self._done and not self.fired:
                 self._watched.append(copy)

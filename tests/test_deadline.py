@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp, SocialToken
 from django.core.cache import cache
+from django.utils import timezone
 
-from django_token_rotation import TokenRefreshUnavailable, providers
+from django_token_rotation import TokenRefreshUnavailable, get_access_token, providers
 from django_token_rotation.models import TokenState
 from tests.conftest import MakeToken
-from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, DATABASES, seed
+from tests.scripted_server import Reply, ScriptedServer, running, self_signed, tokens
+from tests.test_concurrency import ALIASES, DATABASES, collect, seed, start_workers, worker_env
 from tests.test_transactions import access
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
@@ -138,3 +140,146 @@ def test_a_holder_whose_lease_ran_out_never_sends_the_refresh_token(
     monkeypatch.setattr(providers, "resolve", real_resolve)
     assert timed(alias)[1] == "new-access"
     assert len(scripted.token_requests) == 1
+
+
+# -- faults on the wire, two processes racing -------------------------------------
+#
+# Process A starts the refresh; process B asks for the same expired token 0.3 s
+# later and waits for A. TOKEN_ROTATION_TIMEOUT is 1 s, the lease 3 s: A must
+# give up at its deadline, whatever it is blocked in, and B must never send the
+# refresh token while A's request may still be in flight. What the endpoint
+# received is counted.
+
+RACE = {"TOKEN_ROTATION_TEST_TIMEOUT": "1", "TOKEN_ROTATION_TEST_LEASE": "3"}
+#: A's whole call: the deadline, plus the database writes and a loaded machine.
+WITHIN = 2.5
+
+
+def race(
+    alias: str, token_url: str, user_id: int, **env: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A and B as separate OS processes; their outcomes."""
+    env = worker_env(alias, TOKEN_ROTATION_TEST_FAKE_TOKEN_URL=token_url, **RACE, **env)
+    first_at = time.time() + 4.0  # time for both to import Django
+    [first] = start_workers(
+        1, alias=alias, user_id=user_id, provider="fake", threads=1, env=env, start_at=first_at
+    )
+    [second] = start_workers(
+        1,
+        alias=alias,
+        user_id=user_id,
+        provider="fake",
+        threads=1,
+        env=env,
+        start_at=first_at + 0.3,
+    )
+    [a] = collect([first])
+    [b] = collect([second])
+    return a, b
+
+
+def racing_app(alias: str, token_url: str) -> int:
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="F", client_id="c", secret="s"
+    )
+    return int(seed(alias, provider="fake", app=app).pk)
+
+
+def assert_cut_at_the_deadline(
+    alias: str, what: str, a: dict[str, Any], b: dict[str, Any], received: int, sent: int
+) -> None:
+    print(
+        f"\n[{alias}] {what}, TIMEOUT=1: A {a.get('error') or a.get('token')} after "
+        f"{a['took']:.2f} s, B {b.get('error') or b.get('token')} after {b['took']:.2f} s; "
+        f"refresh requests received: {received}"
+    )
+    assert a.get("error") == "timeout"
+    assert a["took"] < WITHIN
+    # B waited for A, then found A's failure and its back-off: it sent nothing.
+    assert b.get("error") == "backoff"
+    assert received == sent
+    token = SocialToken.objects.using(alias).get()
+    assert (token.token, token.token_secret) == ("old-access", "old-refresh")
+    state = TokenState.objects.using(alias).get()
+    assert state.lease_id == "" and state.last_error == "timeout"
+    # The in-flight mark says whether the refresh token went out.
+    assert bool(state.inflight_fingerprint) == bool(sent)
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_race_headers_dripping(alias: str, scripted: ScriptedServer) -> None:
+    """Status line and headers a byte every 0.2 s (~20 s in all): each socket read
+    beat a per-read timeout, so the call used to take 6-11 s with TIMEOUT=1."""
+    scripted.script(Reply(200, tokens().body, header_drip=0.2))
+    user_id = racing_app(alias, scripted.token_url)
+    a, b = race(alias, scripted.token_url, user_id)
+    assert_cut_at_the_deadline(alias, "headers dripping", a, b, len(scripted.token_requests), 1)
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_race_endpoint_never_answers(alias: str, scripted: ScriptedServer) -> None:
+    """The endpoint reads the request, then says nothing."""
+    silence = threading.Event()
+    scripted.script(Reply(200, tokens().body, hold=silence))
+    user_id = racing_app(alias, scripted.token_url)
+    try:
+        a, b = race(alias, scripted.token_url, user_id)
+    finally:
+        silence.set()
+    assert_cut_at_the_deadline(alias, "never answers", a, b, len(scripted.token_requests), 1)
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_race_resolver_stalls(alias: str, scripted: ScriptedServer) -> None:
+    """Name resolution takes 4 s. Simulated at ``socket.getaddrinfo`` in the
+    workers (no resolver can be made to stall on this machine): the name
+    ``slow.localhost`` stalls, then resolves to 127.0.0.1. A used to send after
+    the 4 s, past its deadline and its lease."""
+    token_url = f"http://slow.localhost:{scripted.port}/token"
+    user_id = racing_app(alias, token_url)
+    a, b = race(alias, token_url, user_id, TOKEN_ROTATION_TEST_SLOW_DNS="slow.localhost=4")
+    assert_cut_at_the_deadline(alias, "resolver stalls 4 s", a, b, len(scripted.token_requests), 0)
+
+
+@pytest.mark.parametrize("alias", DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_race_tls_handshake_stalls(alias: str, tmp_path: Path) -> None:
+    """A TLS server (self-signed certificate, trusted by the workers through
+    ``REQUESTS_CA_BUNDLE`` only) holds each handshake back 4 s."""
+    cert, key = self_signed(tmp_path)
+    with running(tls=(cert, key), handshake_delay=4.0) as tls_server:
+        user_id = racing_app(alias, tls_server.token_url)
+        a, b = race(alias, tls_server.token_url, user_id, REQUESTS_CA_BUNDLE=str(cert))
+        assert tls_server.connections >= 1  # A did connect
+        assert_cut_at_the_deadline(
+            alias, "TLS handshake held 4 s", a, b, len(tls_server.token_requests), 0
+        )
+
+
+@pytest.mark.django_db
+def test_a_tls_endpoint_answers_within_the_deadline(
+    tmp_path: Path, make_token: MakeToken, user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same TLS server without the stall: the guarded connection verifies
+    the certificate and the refresh goes through (the control of the test above)."""
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    settings.TOKEN_ROTATION_TIMEOUT = 1
+    with running(tls=(cert, key)) as tls_server:
+        settings.FAKE_PROVIDER_TOKEN_URL = tls_server.token_url
+        SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+        make_token()
+        assert get_access_token(user, "fake") == "new-access"
+        assert len(tls_server.token_requests) == 1
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with running(tls=(cert, key)) as untrusted:
+        settings.FAKE_PROVIDER_TOKEN_URL = untrusted.token_url
+        SocialToken.objects.update(expires_at=timezone.now())
+        TokenState.objects.update(next_retry_at=None)
+        with pytest.raises(TokenRefreshUnavailable) as excinfo:
+            get_access_token(user, "fake")
+        assert excinfo.value.code == "connection_error"  # not trusted outside the test
+        assert untrusted.token_requests == []
