@@ -239,8 +239,9 @@ class ScriptedServer:
                     if "Content-Length" not in headers:
                         self.send_header("Content-Length", str(len(body)))
                     if reply.header_drip:
-                        head = b"".join(self._headers_buffer) + b"\r\n"
-                        self._headers_buffer = []
+                        buffered: list[bytes] = getattr(self, "_headers_buffer")  # noqa: B009
+                        head = b"".join(buffered) + b"\r\n"
+                        buffered.clear()
                         for i in range(len(head)):
                             self.wfile.write(head[i : i + 1])
                             self.wfile.flush()
