@@ -160,7 +160,7 @@ def race(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A and B as separate OS processes; their outcomes."""
     env = worker_env(alias, TOKEN_ROTATION_TEST_FAKE_TOKEN_URL=token_url, **RACE, **env)
-    first_at = time.time() + 4.0  # time for both to import Django
+    first_at = time.time() + 6.0  # time for both to import Django
     [first] = start_workers(
         1, alias=alias, user_id=user_id, provider="fake", threads=1, env=env, start_at=first_at
     )
@@ -193,10 +193,11 @@ def assert_cut_at_the_deadline(
         f"{a['took']:.2f} s, B {b.get('error') or b.get('token')} after {b['took']:.2f} s; "
         f"refresh requests received: {received}"
     )
-    assert a.get("error") == "timeout"
-    assert a["took"] < WITHIN
-    # B waited for A, then found A's failure and its back-off: it sent nothing.
-    assert b.get("error") == "backoff"
+    # Whichever came first (on a loaded machine B may) gave up at its deadline;
+    # the other waited for it, then found its failure and back-off: it sent nothing.
+    first, second = (a, b) if a.get("error") == "timeout" else (b, a)
+    assert (first.get("error"), second.get("error")) == ("timeout", "backoff")
+    assert first["took"] < WITHIN
     assert received == sent
     token = SocialToken.objects.using(alias).get()
     assert (token.token, token.token_secret) == ("old-access", "old-refresh")

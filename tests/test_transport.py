@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +19,9 @@ from django_token_rotation import (
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
-from tests.conftest import MakeToken
+from tests.conftest import IN_CI, MakeToken
 from tests.scripted_server import ScriptedServer, tokens
+from tests.test_concurrency import ROOT
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -104,3 +109,52 @@ def test_only_bearer_tokens_are_accepted(
     # The access token is not used; the new refresh token is kept
     # (tests/test_refresh_token_kept.py).
     assert (token.token, token.token_secret) == ("old-access", "new-refresh")
+
+
+# -- both urllib3 majors ------------------------------------------------------------
+
+#: Set by the test below for the run it starts: the urllib3 series that must be imported.
+URLLIB3_UNDER_TEST = os.environ.get("TOKEN_ROTATION_TEST_URLLIB3", "")
+
+
+def test_the_urllib3_asked_for_is_the_one_imported() -> None:
+    from importlib.metadata import version
+
+    assert version("urllib3").startswith(URLLIB3_UNDER_TEST)
+
+
+def test_the_transport_works_with_urllib3_1_26(tmp_path: Path) -> None:
+    """``requests>=2.31`` admits urllib3 1.26, whose ``HTTPResponse`` has no
+    ``read1``: every refresh used to reach the provider and then fail as
+    ``connection_error``. This file and tests/test_deadline.py (TLS, dripping
+    answers, hangs, the shared deadline; not the process races) run again with
+    urllib3 1.26 ahead of the installed 2.x on the path."""
+    target = tmp_path / "urllib3-1.26"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+        + ["urllib3>=1.26,<2"],
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0:
+        if IN_CI:
+            pytest.fail(f"pip could not install urllib3 1.26: {install.stderr[-2000:]}")
+        pytest.skip("urllib3 1.26 cannot be installed here (no package index?)")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
+        + ["tests/test_transport.py", "tests/test_deadline.py"]
+        + ["-k", "not race and not urllib3_1_26"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
+            "TOKEN_ROTATION_TEST_URLLIB3": "1.26.",
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    print(f"\nwith urllib3 1.26: {summary}")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary
