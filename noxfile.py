@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -14,12 +16,16 @@ MATRIX = [
 ]
 
 
+# pytest-xdist workers, as `make test` runs them.
+WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3")]
+
+
 @nox.session(python=["3.11", "3.13"])
 def tests(session: nox.Session) -> None:
     django = dict(MATRIX)[str(session.python)]
-    session.install("-e", ".[test]", django)
+    session.install("-e", ".[test,mariadb]", django)
     session.run("python", "-m", "django", "--version")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -29,19 +29,19 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import health, revocation, rotation
+from .conf import app_settings
 from .exceptions import TokenRotationError
 from .expiry import expiry
 from .models import RefreshEvent, TokenState
 from .store import state_of
 
-EMPTY = "—"
+EMPTY = health.EMPTY
 
 # --------------------------------------------------------------------------
 # Presentation helpers
@@ -61,40 +61,20 @@ def mask(value: str | None) -> str:
     return f"…{tail} ({len(value)} chars)"
 
 
-def relative(when: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
-    """``"in 4 min"`` / ``"3 h ago"``."""
-    if when is None:
-        return EMPTY
-    seconds = (when - (now or timezone.now())).total_seconds()
-    size = abs(seconds)
-    if size < 60:
-        amount = f"{size:.0f} s"
-    elif size < 3600:
-        amount = f"{size // 60:.0f} min"
-    elif size < 2 * 86400:
-        amount = f"{size // 3600:.0f} h"
-    else:
-        amount = f"{size // 86400:.0f} d"
-    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
-
-
-def absolute(value: datetime.datetime) -> str:
-    """The one date format of these pages: ``2026-11-27 10:48:03 UTC``."""
-    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S %Z}"
-
-
 def when(value: datetime.datetime | None) -> str:
     """A date with its relative form: ``2026-11-27 10:48:03 UTC (in 4 min)``."""
     if value is None:
         return EMPTY
-    return f"{absolute(value)} ({relative(value)})"
+    return f"{health.format_time(value)} ({health.format_relative(value)})"
 
 
 def when_short(value: datetime.datetime | None) -> SafeString | str:
     """For list columns: ``in 4 min``, the full date in a tooltip (narrow columns)."""
     if value is None:
         return EMPTY
-    return format_html('<span title="{}">{}</span>', absolute(value), relative(value))
+    return format_html(
+        '<span title="{}">{}</span>', health.format_time(value), health.format_relative(value)
+    )
 
 
 STATUS_COLOURS = {
@@ -193,7 +173,7 @@ class RefreshEventInline(admin.TabularInline):  # type: ignore[type-arg]
 
     @admin.display(description=_("duration"))
     def duration_ms(self, event: RefreshEvent) -> str:
-        return _duration(event.duration)
+        return health.format_duration(event.duration)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -203,10 +183,6 @@ class RefreshEventInline(admin.TabularInline):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-def _duration(seconds: float | None) -> str:
-    return EMPTY if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 TOKEN_FIELDS = (
@@ -243,6 +219,8 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "refresh_expires_column",
     )
     list_display_links = ("user",)
+    change_list_template = "admin/token_rotation/change_list.html"
+    empty_value_display = EMPTY
     list_filter = (ProviderFilter, StatusFilter)
     list_select_related = ("account__user", "app", "rotation_state")
     ordering = ("expires_at", "pk")
@@ -302,7 +280,7 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         expires = expiry(token, _state(token))
         return when(expires) if expires else str(_("unknown"))
 
-    @admin.display(description=_("expires"), ordering="expires_at")
+    @admin.display(description=_("access token expires"), ordering="expires_at")
     def expires_column(self, token: SocialToken) -> SafeString | str:
         expires = expiry(token, _state(token))
         return when_short(expires) if expires else str(_("unknown"))
@@ -312,18 +290,15 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         state = _state(token)
         return when(state.last_refreshed_at if state else None)
 
-    @admin.display(description=_("refresh token"), ordering="rotation_state__refresh_expires_at")
+    @admin.display(
+        description=_("refresh token expires"), ordering="rotation_state__refresh_expires_at"
+    )
     def refresh_expires_column(self, token: SocialToken) -> SafeString | str:
         """When the refresh token expires (known when the provider says)."""
         state = _state(token)
         if state is None or state.refresh_expires_at is None:
             return EMPTY
-        return format_html(
-            '<span title="{}">{} {}</span>',
-            absolute(state.refresh_expires_at),
-            _("expires") if state.refresh_expires_at > timezone.now() else _("expired"),
-            relative(state.refresh_expires_at),
-        )
+        return when_short(state.refresh_expires_at)
 
     @admin.display(description=_("refreshes"), ordering="rotation_state__refresh_count")
     def refresh_count(self, token: SocialToken) -> int:
@@ -490,7 +465,23 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    # The token column names its user and provider (one column, not three): the list
+    # fits 1280 px beside the filters and the date links (tests/test_admin_browser.py).
     list_display = (
+        "at_display",
+        "token_link",
+        "outcome",
+        "error_code",
+        "duration_ms",
+        "rotated",
+    )
+    list_filter = ("outcome", EventProviderFilter)
+    change_list_template = "admin/token_rotation/change_list.html"
+    empty_value_display = EMPTY
+    list_select_related = ("token__account__user",)
+    date_hierarchy = "at"
+    # The event's page (read-only): the same formats as the list, durations in ms.
+    fields = readonly_fields = (
         "at_display",
         "token_link",
         "user",
@@ -499,10 +490,8 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "error_code",
         "duration_ms",
         "rotated",
+        "retry_at_display",
     )
-    list_filter = ("outcome", EventProviderFilter)
-    list_select_related = ("token__account__user",)
-    date_hierarchy = "at"
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         return _user_search_fields("token__account__user__")
@@ -517,13 +506,24 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     @admin.display(description=_("time"), ordering="at")
-    def at_display(self, event: RefreshEvent) -> str:
-        return when(event.at)
+    def at_display(self, event: RefreshEvent) -> SafeString:
+        # One line at 1280 px: the time, its relative form in a tooltip.
+        return format_html(
+            '<span style="white-space: nowrap" title="{}">{}</span>',
+            health.format_relative(event.at),
+            health.format_time(event.at),
+        )
 
-    @admin.display(description=_("token"), ordering="token")
+    @admin.display(description=_("next retry"))
+    def retry_at_display(self, event: RefreshEvent) -> str:
+        return when(event.retry_at)
+
+    @admin.display(description=_("token"), ordering="token__account__user")
     def token_link(self, event: RefreshEvent) -> SafeString:
+        """``alice (google)``, a link to the token's page."""
         url = reverse("admin:socialaccount_socialtoken_change", args=[event.token_id])
-        return format_html('<a href="{}">{}</a>', url, event.token_id)
+        account = event.token.account
+        return format_html('<a href="{}">{} ({})</a>', url, account.user, account.provider)
 
     @admin.display(description=_("user"), ordering="token__account__user")
     def user(self, event: RefreshEvent) -> str:
@@ -535,7 +535,7 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("duration"), ordering="duration")
     def duration_ms(self, event: RefreshEvent) -> str:
-        return _duration(event.duration)
+        return health.format_duration(event.duration)
 
 
 # allauth calls the model "social application tokens", which an operator looking
@@ -545,7 +545,8 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 SocialToken._meta.verbose_name = _("OAuth token")
 SocialToken._meta.verbose_name_plural = _("OAuth tokens")
 
-if admin.site.is_registered(SocialToken):
-    admin.site.unregister(SocialToken)
-admin.site.register(SocialToken, SocialTokenAdmin)
+if app_settings.ADMIN:  # TOKEN_ROTATION_ADMIN = False keeps allauth's own
+    if admin.site.is_registered(SocialToken):
+        admin.site.unregister(SocialToken)
+    admin.site.register(SocialToken, SocialTokenAdmin)
 admin.site.register(RefreshEvent, RefreshEventAdmin)

@@ -119,7 +119,16 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
         True,
         "the provider rotated the refresh token but its answer was never stored",
     ),
-    "id_token_invalid": (True, "a refreshed OpenID Connect ID token failed validation"),
+    "id_token_invalid": (
+        True,
+        "a refreshed OpenID Connect ID token, validly signed, names another issuer, audience or "
+        "subject; its new refresh token is stored, blocked",
+    ),
+    "refusal_confirmed": (
+        True,
+        "the token endpoint refused the same refresh token twice with HTTP 4xx and no OAuth "
+        "error (glewlwyd's empty HTTP 400)",
+    ),
     "unsupported_provider": (True, "this provider's tokens cannot be refreshed by this app"),
     "provider_not_configured": (True, "the provider or its app cannot be resolved via allauth"),
     "insecure_endpoint": (True, "the provider's endpoint is not HTTPS (nor loopback)"),
@@ -138,12 +147,31 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "malformed_response": (False, "the answer was not a usable token response"),
     "unexpected_response": (False, "a redirect or another unexpected answer"),
     "discovery_failed": (False, "the OpenID Connect discovery document could not be read"),
-    "jwks_unavailable": (False, "the provider's signing keys (JWKS) could not be fetched"),
+    "jwks_unavailable": (
+        False,
+        "the provider's signing keys (JWKS) could not be fetched, or none fits a refreshed ID "
+        "token even after fetching them again; the tokens are stored, not the ID token's claims",
+    ),
+    "id_token_unverified": (
+        False,
+        "a refreshed ID token could not be verified (signature, times beyond "
+        "TOKEN_ROTATION_ID_TOKEN_LEEWAY, claims missing); the tokens are stored, not its claims",
+    ),
+    "refusal_unconfirmed": (
+        False,
+        "the token endpoint answered HTTP 4xx (not 408, 429) without an OAuth error we know; "
+        "the next attempt confirms it",
+    ),
     "refresh_in_progress": (False, "another worker is refreshing and did not finish in time"),
     "backoff": (False, "an earlier attempt failed; waiting before the next one"),
     "in_transaction": (
         False,
         "the refresh could not be made safely inside the caller's open transaction",
+    ),
+    "database_locked": (
+        False,
+        "another transaction held the database's write lock (SQLite) for longer than "
+        "TOKEN_ROTATION_WAIT; nothing sent",
     ),
     "lease_expired": (False, "the lease ran out before the refresh token was sent; nothing sent"),
     "database_error": (False, "the database failed while the refresh was stored"),

@@ -120,3 +120,45 @@ def filter_by_status(
         return queryset.exclude(pk__in=not_fresh)
     pks = [pk for pk, match in _matching(queryset, candidates, wanted, now) if match]
     return queryset.filter(pk__in=pks)
+
+
+# -- how times read: one format on every page and in every command -----------
+
+EMPTY = "—"
+
+
+def _aware(value: datetime.datetime) -> datetime.datetime:
+    """Under ``USE_TZ = False`` Django stores naive times in ``TIME_ZONE``."""
+    if timezone.is_naive(value):
+        return timezone.make_aware(value, timezone.get_default_timezone())
+    return value
+
+
+def format_time(value: datetime.datetime | None) -> str:
+    """The one time format of the admin, the history, the command and the demo:
+    ``2026-11-27 10:48:03 UTC``, in the current time zone, with ``USE_TZ`` on or off."""
+    if value is None:
+        return EMPTY
+    return f"{timezone.localtime(_aware(value)):%Y-%m-%d %H:%M:%S %Z}"
+
+
+def format_relative(value: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
+    """``"in 4 min"`` / ``"3 h ago"``."""
+    if value is None:
+        return EMPTY
+    seconds = (_aware(value) - _aware(now or timezone.now())).total_seconds()
+    size = abs(seconds)
+    if size < 60:
+        amount = f"{size:.0f} s"
+    elif size < 3600:
+        amount = f"{size // 60:.0f} min"
+    elif size < 2 * 86400:
+        amount = f"{size // 3600:.0f} h"
+    else:
+        amount = f"{size // 86400:.0f} d"
+    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A refresh's duration in milliseconds: ``"541 ms"``."""
+    return EMPTY if seconds is None else f"{seconds * 1000:.0f} ms"

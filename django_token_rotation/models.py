@@ -361,7 +361,7 @@ class RefreshEvent(models.Model):
     outcome = models.CharField(_("outcome"), max_length=32, choices=Outcome.choices)
     error_code = models.CharField(_("error code"), max_length=64, blank=True, default="")
     duration = models.FloatField(
-        _("duration (s)"), null=True, blank=True, help_text=_("Time the provider took.")
+        _("duration"), null=True, blank=True, help_text=_("Seconds the provider took.")
     )
     rotated = models.BooleanField(
         _("refresh token rotated"),
@@ -373,7 +373,7 @@ class RefreshEvent(models.Model):
 
     class Meta:
         verbose_name = _("refresh event")
-        verbose_name_plural = _("refresh history")
+        verbose_name_plural = _("refresh events")
         ordering = ("-at", "-pk")
         indexes = [models.Index(fields=["token", "-at"], name="token_rotation_event_token_at")]
 

@@ -33,7 +33,7 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from . import client, expiry, idtoken, providers, singleflight, store, transactions, wakeup
@@ -58,11 +58,6 @@ from .models import (
 from .store import provider_key, state_of
 
 logger = logging.getLogger("django_token_rotation")
-
-
-def database(token: SocialToken) -> str:
-    """The database alias the engine reads and writes ``token``'s rows on."""
-    return token._state.db or DEFAULT_DB_ALIAS
 
 
 # --------------------------------------------------------------------------
@@ -201,25 +196,58 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     (SQLite), it raises ``TokenRefreshUnavailable("in_transaction")`` instead
     of calling the provider.
     """
-    alias = database(token)
-    if not transactions.in_callers_transaction(alias):
-        return Refresh(token, force=force).run()
-    if not transactions.can_write_beside(alias):
-        raise _in_transaction(
-            token,
-            "The token cannot be refreshed inside a transaction on this database; "
-            "refresh it before the transaction starts (the middleware does).",
-        )
+    if transactions.use_write_database(token):
+        store.reload(token)  # read from a replica: decide on the written values
+    alias = transactions.database(token)
+    if transactions.in_callers_transaction(alias):
+        if not transactions.can_write_beside(alias):
+            raise _in_transaction(
+                token,
+                "The token cannot be refreshed inside a transaction on this database; "
+                "refresh it before the transaction starts (the middleware does).",
+            )
+        try:
+            return transactions.outside(alias, lambda: Refresh(token, force=force).run())
+        except DatabaseError as exc:
+            if not transactions.is_lock_timeout(exc):
+                raise
+            # A row the refresh needs is locked by an open transaction (perhaps
+            # the caller's own) for longer than TOKEN_ROTATION_WAIT.
+            raise _in_transaction(
+                token, "A row the refresh needs is locked by an open transaction."
+            ) from None
     try:
-        return transactions.outside(alias, lambda: Refresh(token, force=force).run())
+        with transactions.bounded_lock_waits(alias, app_settings.WAIT):
+            return Refresh(token, force=force).run()
     except DatabaseError as exc:
-        if not transactions.is_lock_timeout(exc):
+        if not transactions.is_busy(exc):
             raise
-        # A row the refresh needs is locked by an open transaction (perhaps
-        # the caller's own) for longer than TOKEN_ROTATION_WAIT.
-        raise _in_transaction(
-            token, "A row the refresh needs is locked by an open transaction."
+        raise TokenRefreshUnavailable(
+            "Another transaction held the database's write lock for longer than "
+            "TOKEN_ROTATION_WAIT.",
+            code="database_locked",
+            provider=provider_key(token),
+            token_id=token.pk,
         ) from None
+
+
+@contained
+@sensitive_variables()
+def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
+    """An API refused ``rejected_access``: refresh ``token`` now, unless the stored
+    access token is no longer that one (another caller refreshed meanwhile: the
+    stored one is returned, refreshed first only if due).
+
+    The fence of the authorized HTTP clients (:mod:`.http`): however many callers
+    see the same 401 at once, one refresh. A recorded back-off or refusal is
+    respected (unlike ``refresh(force=True)``).
+    """
+    state = store.reload(token)
+    if token.token != rejected_access:
+        access_token_for(token)
+        return token
+    Refresh(token, force=False).check_blocked(state)
+    return refresh(token, force=True)
 
 
 def _in_transaction(token: SocialToken, message: str) -> TokenRefreshUnavailable:
@@ -311,6 +339,12 @@ class Refresh:
                 return False
         elif not self.force and not needs_refresh(token, state):
             return False
+        self.check_blocked(state)
+        return True
+
+    def check_blocked(self, state: TokenState) -> None:
+        """Raise when the recorded state says not to call the provider now."""
+        token = self.token
         why = refresh_blocker(token, state, force=self.force)
         if why == SIGN_IN_REQUIRED:
             raise ReauthenticationRequired(
@@ -335,7 +369,6 @@ class Refresh:
                 token_id=token.pk,
                 retry_at=state.next_retry_at,
             )
-        return True
 
     def take(self, state: TokenState) -> bool:
         """The lease, if it is free and the token and ``state`` are still as read."""
@@ -378,7 +411,7 @@ class Refresh:
             if (token.token, token.token_secret, _version(now)) != seen:
                 states.release_lease(token.pk, lease_id)
                 return False
-            if not transactions.row_is_free(SocialToken, database(token), token.pk):
+            if not transactions.row_is_free(SocialToken, transactions.database(token), token.pk):
                 raise _in_transaction(
                     token, "The token's row is locked by an open transaction; not refreshing now."
                 )
@@ -428,29 +461,18 @@ class Refresh:
             answer = client.refresh_token_grant(
                 endpoint, sent, before_send=self.last_check(sent_fingerprint)
             )
-        except ReauthenticationRequired as exc:
-            return self.refused(exc, sent, replay, started)
-        except TokenRefreshUnavailable as exc:
-            if exc.code != "lease_expired":
-                store.record_transient(token, exc, elapsed=time.monotonic() - started)
-            raise
-        if answer.refused is not None:
-            error = store.store_refresh_token(
-                token, answer, sent, error=answer.refused, elapsed=time.monotonic() - started
-            )
-            if error is None:
-                return False
-            raise error
-        claims = _checked_id_token(token, endpoint, answer)
-        if isinstance(claims, ReauthenticationRequired):
-            return self.refused(claims, sent, replay, started)
+        except TokenRotationError as exc:
+            if exc.code == "lease_expired":
+                raise  # nothing was sent: nothing to record
+            return self.failed(exc, sent, replay, started)
         return store.store_answer(
             token,
             answer,
             sent,
             lease_id=self.lease_id,
             elapsed=time.monotonic() - started,
-            claims=claims,
+            id_token=_checked_id_token(token, endpoint, answer),
+            replay=replay,
         )
 
     def last_check(self, sent_fingerprint: str) -> client.BeforeSend:
@@ -475,15 +497,14 @@ class Refresh:
                     provider=provider_key(token),
                     token_id=token.pk,
                 )
+            transactions.before_send(transactions.database(token))
 
         return check
 
-    def refused(
-        self, exc: ReauthenticationRequired, sent: str, replay: bool, started: float
-    ) -> bool:
-        """Record the provider's refusal and raise it, or adopt the token that
-        another worker stored meanwhile."""
-        error = store.record_refusal(
+    def failed(self, exc: TokenRotationError, sent: str, replay: bool, started: float) -> bool:
+        """Record the provider's error answer (or the failure to get one) and
+        raise it, or adopt the token that another worker stored meanwhile."""
+        error = store.record_error(
             self.token, exc, sent, replay=replay, elapsed=time.monotonic() - started
         )
         if error is not None:

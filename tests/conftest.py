@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,11 +12,9 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tests import scripted_server
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-#: The token values and client secrets the fixtures below create.
-SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret", "oidc-secret")
+from tests.glewlwyd import fixture as glewlwyd
+from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
+from tests.helpers import IN_CI, SECRETS, MakeToken
 
 
 def _unavailable_servers() -> dict[str, str]:
@@ -31,6 +28,14 @@ def _unavailable_servers() -> dict[str, str]:
         )
     if not django_settings.MARIADB_AVAILABLE:
         problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    if not django_settings.PGBOUNCER_AVAILABLE:
+        problems["pgbouncer"] = (
+            f"pgbouncer (or PostgreSQL) not reachable at {django_settings.PGBOUNCER_HOST}:"
+            f"{django_settings.PGBOUNCER_PORT} (start it: bash .ci/services/pgbouncer.sh)"
+        )
+    glewlwyd_problem = glewlwyd.problem()
+    if glewlwyd_problem:
+        problems["glewlwyd"] = glewlwyd_problem
     return problems
 
 
@@ -104,9 +109,6 @@ def make_oidc_app(db: None, scripted: scripted_server.ScriptedServer) -> Callabl
 @pytest.fixture
 def user(db: None) -> Any:
     return get_user_model().objects.create_user("alice", "alice@example.com", "pw")
-
-
-MakeToken = Callable[..., SocialToken]
 
 
 @pytest.fixture

@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     # under socialaccount (a phantom migration for every later test).
     "allauth.socialaccount.providers.openid",
     "tests.fakeprovider",
+    # allauth headless (browser and app clients; tests/test_headless.py), served at /_allauth/.
+    "allauth.headless",
     "django_token_rotation",
 ]
 
@@ -160,7 +162,10 @@ def _mariadb_problem() -> str:
     """Why the MariaDB tests cannot run here (``""``: they can)."""
     where = f"{MARIADB['HOST']}:{MARIADB['PORT']}"
     if importlib.util.find_spec("MySQLdb") is None:
-        return "the mysqlclient driver is not installed (pip install -e '.[test]')"
+        return (
+            "the mysqlclient driver is not installed (it needs a MariaDB client library: "
+            "apt-get install libmariadb-dev pkg-config, then pip install -e '.[mariadb]')"
+        )
     if not _reachable(str(MARIADB["HOST"]), int(str(MARIADB["PORT"]))):
         return (
             f"MariaDB not reachable at {where} "
@@ -178,6 +183,38 @@ if MARIADB_AVAILABLE:
     # Not this package's model: a MariaDB site sees the same warning from allauth.
     SILENCED_SYSTEM_CHECKS = ["models.W036"]
 
+# Pools and proxies in front of the PostgreSQL test database (docs/databases.rst):
+# Django's psycopg pool ("postgres_pool") and pgbouncer in transaction mode
+# ("pgbouncer", 127.0.0.1:6432, started by .ci/services/pgbouncer.sh). Mirrors of
+# "postgres": the same database through another road.
+if POSTGRES_AVAILABLE and importlib.util.find_spec("psycopg_pool") is not None:
+    DATABASES["postgres_pool"] = {
+        **PG,
+        "OPTIONS": {"pool": {"min_size": 2, "max_size": 2, "timeout": 10}},
+        "TEST": {"MIRROR": "postgres"},
+    }
+PGBOUNCER_HOST = os.environ.get("TOKEN_ROTATION_TEST_PGBOUNCER_HOST", "127.0.0.1")
+PGBOUNCER_PORT = os.environ.get("TOKEN_ROTATION_TEST_PGBOUNCER_PORT", "6432")
+PGBOUNCER_AVAILABLE = POSTGRES_AVAILABLE and _reachable(PGBOUNCER_HOST, int(PGBOUNCER_PORT))
+if PGBOUNCER_AVAILABLE:
+    DATABASES["pgbouncer"] = {
+        **PG,
+        "HOST": PGBOUNCER_HOST,
+        "PORT": PGBOUNCER_PORT,
+        # Transaction pooling: no server-side cursors (Django's docs).
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "TEST": {"MIRROR": "postgres"},
+    }
+
 # A worker process of the concurrency tests gets the exact database it must use.
 if os.environ.get("TOKEN_ROTATION_TEST_WORKER_DB"):
     DATABASES = {"default": json.loads(os.environ["TOKEN_ROTATION_TEST_WORKER_DB"])}
+
+# Site shapes (TOKEN_ROTATION_TEST_SHAPES, comma-separated). "replica": the
+# primary/replica router of Django's guide, reads from a read-only replica of
+# "default" (see tests/routers.py and docs/databases.rst).
+if "replica" in os.environ.get("TOKEN_ROTATION_TEST_SHAPES", "").split(","):
+    from tests.routers import read_only_replica
+
+    DATABASES["replica"] = read_only_replica(DATABASES["default"], "default")
+    DATABASE_ROUTERS = ["tests.routers.PrimaryReplicaRouter"]

@@ -4,6 +4,7 @@ permissions, history; no page ever shows a token value."""
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
 from io import StringIO
 from typing import Any
@@ -17,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_token_rotation import history
+from django_token_rotation import health, history
 from django_token_rotation.admin import mask
 from django_token_rotation.models import RefreshEvent, TokenState, fingerprint
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
@@ -485,8 +486,67 @@ def test_token_page_error_and_history_are_readable(admin_client: Client, make_to
     text = body.decode()
     assert f"of token {token.pk}" not in text  # no raw str() captions in the history
     assert "failed, sign-in required" in text and "x_code" in text
-    assert f"{timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text  # seconds, one format
+    assert health.format_time(now) in text  # seconds, one format
     assert "last error at" not in text.lower()
     TokenState.objects.filter(token=token).update(last_error="invalid_grant")
     text = admin_client.get(f"/admin/socialaccount/socialtoken/{token.pk}/change/").content.decode()
-    assert f"invalid_grant, {timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text
+    assert f"invalid_grant, {health.format_time(now)}" in text
+
+
+# -- how the pages read ---------------------------------------------------------
+
+#: The one time format of the docs (docs/admin.rst): ``2026-11-27 10:48:03 UTC``.
+TIME = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z][A-Za-z+\-0-9]*\b")
+
+
+@pytest.mark.parametrize("use_tz", [True, False], ids=["USE_TZ=True", "USE_TZ=False"])
+def test_every_page_answers_and_shows_times_in_one_format(
+    admin_client: Client, settings: Any, use_tz: bool
+) -> None:
+    """Under ``USE_TZ = False`` the pages answered 500 (``localtime() cannot be applied to
+    a naive datetime``); times read ``2026-11-27 10:48:03 UTC`` on every page either way."""
+    settings.USE_TZ = use_tz
+    settings.TIME_ZONE = "Europe/Paris"
+    tokens = every_status()
+    fresh = tokens["fresh"]
+    TokenState.objects.filter(token=fresh).update(
+        last_refreshed_at=timezone.now(),
+        refresh_expires_at=timezone.now() + datetime.timedelta(days=3),
+    )
+    history.record(fresh, RefreshEvent.Outcome.REFRESHED, duration=0.5405667960000073, rotated=True)
+    history.record(tokens["failing"], RefreshEvent.Outcome.FAILED_TRANSIENT, error_code="timeout")
+    event = RefreshEvent.objects.filter(token=fresh).get()
+
+    pages = [
+        LIST_URL,
+        reverse("admin:socialaccount_socialtoken_change", args=[fresh.pk]),
+        reverse("admin:socialaccount_socialtoken_change", args=[tokens["failing"].pk]),
+        HISTORY_URL,
+        reverse("admin:token_rotation_refreshevent_change", args=[event.pk]),
+    ]
+    for url in pages:
+        response = admin_client.get(url)
+        assert response.status_code == 200, url
+        body = response.content.decode()
+        assert TIME.search(body), f"no time in the one format on {url}"
+        assert re.search(r"\b\d{4}-\d\d-\d\dT\d\d:", body) is None, url  # no ISO 8601
+        assert_masked(response)
+    event_page = admin_client.get(pages[-1]).content.decode()
+    assert "541 ms" in event_page and "0.5405" not in event_page
+    assert "CET" in event_page or "CEST" in event_page  # the current time zone, named
+
+
+def test_columns_and_names_say_what_they_show(admin_client: Client) -> None:
+    add_token("hana", refresh_expires_at=timezone.now() + datetime.timedelta(days=3))
+    token = add_token("ivan")
+    for _ in range(4):
+        history.record(token, RefreshEvent.Outcome.REFRESHED, duration=0.1, rotated=True)
+
+    headers = [h["text"] for h in admin_client.get(LIST_URL).context["result_headers"]]
+    assert "access token expires" in headers and "refresh token expires" in headers
+    assert "refresh token" not in headers  # it showed an expiry, read as "no refresh token"
+
+    body = admin_client.get(HISTORY_URL).content.decode()
+    assert "4 refresh events" in body
+    assert "refresh history" not in body.lower().split("<h1>")[1].split("</h1>")[0]
+    assert str(RefreshEvent._meta.verbose_name_plural) == "refresh events"

@@ -16,15 +16,10 @@ from django.utils import timezone
 
 from django_token_rotation import background
 from django_token_rotation.models import RefreshEvent, TokenState
-from tests.conftest import MakeToken
+from tests.helpers import TOKENS, MakeToken, seed_many, stored
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
-from tests.test_command import TOKENS, _seed
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 @pytest.mark.django_db
@@ -138,7 +133,7 @@ def test_processes_refresh_everything_once(scripted: ScriptedServer, settings: A
     settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
     scripted.script(Reply(200, tokens().body, delay=0.05))
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
+    seed_many(app)
     seen: list[int] = []
 
     report = background.refresh_due(
@@ -161,7 +156,7 @@ def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
     settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
     settings.TOKEN_ROTATION_HISTORY_RETENTION = 50
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
+    seed_many(app)
     TokenState.objects.bulk_create(
         [TokenState(token_id=pk) for pk in SocialToken.objects.values_list("pk", flat=True)]
     )

@@ -7,112 +7,26 @@ server in this process that counts what it actually received.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import pytest
-from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db import connections
-from django.utils import timezone
+from allauth.socialaccount.models import SocialApp, SocialToken
 
 from django_token_rotation.models import TokenState
+from tests.helpers import (
+    ALIASES,
+    DATABASES,
+    PROCESSES,
+    THREADS,
+    collect,
+    seed,
+    start_workers,
+    worker_env,
+)
 from tests.scripted_server import Reply, ScriptedServer, tokens
-
-ROOT = Path(__file__).resolve().parent.parent
-PROCESSES = 4
-THREADS = 8
-
-DATABASES = [
-    pytest.param("default", id="sqlite-file"),
-    pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
-    pytest.param("postgres_rr", id="postgresql-repeatable-read", marks=pytest.mark.postgres),
-    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
-]
-# Every alias these tests may use (the server aliases exist only when they answer).
-ALIASES = [
-    alias
-    for alias in ("default", "postgres", "postgres_rr", "mariadb")
-    if alias in settings.DATABASES
-]
-
-
-def worker_env(alias: str, **extra: str) -> dict[str, str]:
-    db = dict(connections[alias].settings_dict)
-    db.pop("TEST", None)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "TOKEN_ROTATION_TEST_WORKER_DB": json.dumps(db, default=str),
-    }
-    env.update(extra)
-    return env
-
-
-def start_workers(
-    count: int,
-    *,
-    alias: str,
-    user_id: int,
-    provider: str,
-    threads: int,
-    env: dict[str, str],
-    start_at: float | None = None,
-) -> list[subprocess.Popen[str]]:
-    if start_at is None:
-        start_at = time.time() + 3.0  # time for every process to import Django
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.concurrency_worker",
-                f"--user-id={user_id}",
-                f"--provider={provider}",
-                f"--threads={threads}",
-                f"--start-at={start_at}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-
-
-def collect(workers: list[subprocess.Popen[str]], timeout: float = 120) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=timeout)
-        assert worker.returncode == 0, err[-3000:]
-        results.extend(json.loads(out.strip().splitlines()[-1])["results"])
-    return results
-
-
-def seed(alias: str, *, provider: str, app: SocialApp | None, expires_in: int = -5) -> Any:
-    user = get_user_model().objects.db_manager(alias).create_user("racer", "r@example.com", "pw")
-    account = SocialAccount.objects.using(alias).create(user=user, provider=provider, uid="r1")
-    SocialToken.objects.using(alias).create(
-        account=account,
-        app=app,
-        token="old-access",
-        token_secret="old-refresh",
-        expires_at=timezone.now() + datetime.timedelta(seconds=expires_in),
-    )
-    return user
 
 
 @pytest.mark.parametrize("alias", DATABASES)

@@ -23,7 +23,7 @@ from django_token_rotation import (
     rotation,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer
 
 pytestmark = pytest.mark.django_db

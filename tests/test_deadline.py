@@ -19,30 +19,20 @@ from django.utils import timezone
 
 from django_token_rotation import TokenRefreshUnavailable, get_access_token, providers
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import (
+    ALIASES,
+    DATABASES,
+    MakeToken,
+    collect,
+    seed,
+    seed_fake_app,
+    start_workers,
+    timed,
+    worker_env,
+)
 from tests.scripted_server import Reply, ScriptedServer, running, self_signed, tokens
-from tests.test_concurrency import ALIASES, DATABASES, collect, seed, start_workers, worker_env
-from tests.test_transactions import access
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
-
-
-def timed(alias: str) -> tuple[float, str]:
-    """How long one ``get_access_token`` took, and what it gave (a token or an error code)."""
-    started = time.monotonic()
-    try:
-        outcome = access(alias)
-    except TokenRefreshUnavailable as exc:
-        outcome = exc.code
-    return time.monotonic() - started, outcome
-
-
-def fake_app(alias: str, scripted: ScriptedServer, settings: Any) -> None:
-    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
-    app = SocialApp.objects.using(alias).create(
-        provider="fake", name="F", client_id="c", secret="s"
-    )
-    seed(alias, provider="fake", app=app)
 
 
 @pytest.mark.parametrize("alias", DATABASES)
@@ -51,7 +41,7 @@ def test_a_dripping_answer_is_cut_at_the_deadline(
     alias: str, scripted: ScriptedServer, settings: Any
 ) -> None:
     settings.TOKEN_ROTATION_TIMEOUT = 1
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
     # ~100 bytes, one every 0.1 s: 10 s if each read only had to beat the timeout.
     scripted.script(Reply(200, {**tokens().body, "pad": "x" * 30}, drip=0.1))  # type: ignore[dict-item]
     took, outcome = timed(alias)
@@ -67,7 +57,7 @@ def test_a_hanging_endpoint_costs_one_request_at_most_the_timeout(
     alias: str, scripted: ScriptedServer, settings: Any
 ) -> None:
     settings.TOKEN_ROTATION_TIMEOUT = 1
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
     release = threading.Event()
     scripted.script(Reply(200, tokens().body, hold=release))
     try:
@@ -123,7 +113,7 @@ def test_a_holder_whose_lease_ran_out_never_sends_the_refresh_token(
     the refresh token is not sent."""
     settings.TOKEN_ROTATION_LEASE = 1
     settings.TOKEN_ROTATION_TIMEOUT = 5
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
     real_resolve = providers.resolve
 
     def slow_resolve(token: SocialToken) -> Any:

@@ -10,10 +10,8 @@ from allauth.socialaccount.models import SocialToken
 from django.db import connections
 
 from django_token_rotation import ReauthenticationRequired
+from tests.helpers import ALIASES, DATABASES, access, seed_fake_app
 from tests.scripted_server import Received, Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, DATABASES
-from tests.test_deadline import fake_app
-from tests.test_transactions import access
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -24,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("hidden_secrets")
 def test_a_token_deleted_mid_refresh_is_no_token(
     alias: str, answer: str, scripted: ScriptedServer, settings: Any, caplog: Any
 ) -> None:
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
 
     def delete_the_token(received: Received) -> None:
         try:

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
@@ -36,10 +38,9 @@ BLOCK = re.compile(r"<!-- first-contact: (?P<name>\S+) -->\n```\w*\n(?P<code>.*?
 #: The interpreter of the new project (see the module docstring).
 PYTHON = os.environ.get("TOKEN_ROTATION_TEST_PYTHON") or sys.executable
 
-ENV = {
-    "GOOGLE_CLIENT_ID": "first-contact-client",
-    "GOOGLE_CLIENT_SECRET": "first-contact-secret",
-}
+#: The README promises that a new project works before any secret is set: the
+#: provider's client id and secret are never in the projects' environment.
+SECRETS = ("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET")
 
 
 def readme_blocks() -> dict[str, str]:
@@ -55,8 +56,7 @@ def readme_blocks() -> dict[str, str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_") and k not in SECRETS}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -231,12 +231,6 @@ def test_check_tells_a_newcomer_who_forgot_allauths_urls(tmp_path: Path) -> None
 
 
 # -- a real server and a signed-in request ----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(port: int, server: subprocess.Popen[str], timeout: float = 60) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp, SocialToken
-from django.db import OperationalError, connection
+from django.db import connection
 from django.test import Client
 
 from django_token_rotation import (
@@ -19,19 +18,11 @@ from django_token_rotation import (
     get_access_token,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, connect, failing_token_writes, start_workers, worker_env
 from tests.scripted_server import ScriptedServer, oauth_error, tokens
-from tests.test_concurrency import start_workers, worker_env
 from tests.test_middleware import error_in
-from tests.test_with_provider import connect
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
-
-
-def failing_token_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-    if sql.startswith('UPDATE "socialaccount_socialtoken"'):
-        raise OperationalError("disk I/O error (injected)")
-    return execute(sql, *args)
 
 
 @pytest.mark.django_db
@@ -69,6 +60,33 @@ def test_database_failure_after_the_answer_is_reported_as_lost_rotation(
     with pytest.raises(ReauthenticationRequired):
         get_access_token(user, "fake")
     assert len(scripted.token_requests) == 2
+
+
+@pytest.mark.django_db
+def test_a_glewlwyd_style_empty_400_after_a_lost_answer_is_a_lost_rotation(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    """A one-use provider that refuses a spent refresh token with an empty 400: the
+    confirming retry is still a replay, and the outcome says what happened."""
+    from tests.scripted_server import Reply
+
+    make_token()
+    scripted.script(tokens(), Reply(400, b""))
+    with (
+        connection.execute_wrapper(failing_token_writes),
+        pytest.raises(TokenRefreshUnavailable),
+    ):
+        get_access_token(user, "fake")
+    TokenState.objects.update(next_retry_at=None)
+    with pytest.raises(TokenRefreshUnavailable) as unconfirmed:
+        get_access_token(user, "fake")
+    assert unconfirmed.value.code == "refusal_unconfirmed"
+    assert TokenState.objects.get().inflight_fingerprint != ""  # still a replay
+    TokenState.objects.update(next_retry_at=None)
+    with pytest.raises(ReauthenticationRequired) as confirmed:
+        get_access_token(user, "fake")
+    assert confirmed.value.code == "lost_rotation"
+    assert len(scripted.token_requests) == 3
 
 
 @pytest.mark.django_db

@@ -22,3 +22,13 @@ def test_the_shipped_migrations_match_the_models() -> None:
     except SystemExit:
         raise AssertionError(f"a migration is missing:\n{out.getvalue()}") from None
     assert "No changes detected" in out.getvalue()
+
+
+def test_one_initial_migration_until_a_release_needs_more() -> None:
+    """1.0.0 ships 0001_initial only (the development's 0001-0004 were squashed before
+    any release); a later migration is added, never an edit of a released one."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    names = sorted(name for app, name in loader.disk_migrations if app == "token_rotation")
+    assert names == ["0001_initial"]

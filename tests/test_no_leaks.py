@@ -18,7 +18,7 @@ from django_token_rotation import get_access_token, providers
 from django_token_rotation.models import RefreshEvent, TokenState
 from django_token_rotation.rotation import check_user_tokens
 from django_token_rotation.session import for_request
-from tests.conftest import SECRETS, MakeToken
+from tests.helpers import SECRETS, MakeToken
 from tests.scripted_server import ScriptedServer, tokens
 from tests.urls import urlpatterns as base_urlpatterns
 

@@ -9,7 +9,7 @@ from allauth.socialaccount.models import SocialApp
 from django.core.cache import cache
 
 from django_token_rotation import TokenRefreshUnavailable, get_access_token, providers
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer
 
 pytestmark = pytest.mark.django_db

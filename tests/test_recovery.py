@@ -11,9 +11,8 @@ from allauth.socialaccount.models import SocialToken
 from django.utils import timezone
 
 from django_token_rotation.models import TokenState
+from tests.helpers import ALIASES, DATABASES, seed_fake_app, timed
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, DATABASES
-from tests.test_deadline import fake_app, timed
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -25,7 +24,7 @@ def test_a_working_token_within_20_s_of_three_500s(
 ) -> None:
     """The token has expired; the provider answers 500 three times, then works.
     The user keeps using the site (a request every 0.5 s)."""
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
     scripted.script(Reply(500, b""), Reply(500, b""), Reply(500, b""), tokens())
     first_failure = time.monotonic()
     outcomes = []
@@ -51,7 +50,7 @@ def test_nobody_waits_for_another_workers_refresh_while_the_token_works(
     alias: str, scripted: ScriptedServer, settings: Any
 ) -> None:
     settings.TOKEN_ROTATION_WAIT = 5
-    fake_app(alias, scripted, settings)
+    seed_fake_app(alias, scripted, settings)
     SocialToken.objects.using(alias).update(
         expires_at=timezone.now() + datetime.timedelta(seconds=30)  # due, still valid
     )

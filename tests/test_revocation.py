@@ -17,9 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_token_rotation import client, revocation
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken, connect
 from tests.scripted_server import Reply, ScriptedServer, oauth_error
-from tests.test_with_provider import connect
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from django_token_rotation import (
     signals,
 )
 from django_token_rotation.models import TokenState
-from tests.conftest import SECRETS, MakeToken
+from tests.helpers import SECRETS, MakeToken, stored
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hidden_secrets")]
@@ -43,10 +43,6 @@ def received_signals(django_capture_on_commit_callbacks: Any) -> Any:
     yield seen
     signals.token_refreshed.disconnect(on_refreshed)
     signals.token_refresh_failed.disconnect(on_failed)
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 def state_of(token: SocialToken) -> TokenState:
@@ -341,8 +337,9 @@ def test_unusable_expires_in_is_ignored_not_fatal(
             Reply(302, b"", headers={"Location": "http://127.0.0.1:9/elsewhere"}),
             "unexpected_response",
         ),
-        (Reply(404, "<html>not found</html>"), "unexpected_response"),
-        (Reply(403, {"error": "<script>"}), "unexpected_response"),
+        # HTTP 4xx without an OAuth error we know: the next attempt confirms it.
+        (Reply(404, "<html>not found</html>"), "refusal_unconfirmed"),
+        (Reply(403, {"error": "<script>"}), "refusal_unconfirmed"),
     ],
 )
 def test_transient_failures_keep_everything_and_back_off(

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django_token_rotation import rotation, singleflight, wakeup
 from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 #: Far longer than any of these tests: a waiter back before it was woken.
@@ -167,7 +167,7 @@ def test_threads_of_one_process_read_once_after_the_holder_instead_of_claiming(
 def _blocked_on_the_process_lock(thread: threading.Thread) -> bool:
     frame = sys._current_frames().get(thread.ident or 0)
     while frame is not None:
-        if frame.f_code is singleflight.process_turn.__wrapped__.__code__:
+        if frame.f_code is singleflight.process_turn.__wrapped__.__code__:  # type: ignore[attr-defined]
             return frame.f_locals.get("first") is False
         frame = frame.f_back
     return False

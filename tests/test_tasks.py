@@ -26,10 +26,17 @@ from allauth.socialaccount.models import SocialApp, SocialToken
 
 from django_token_rotation import background, tasks
 from django_token_rotation.models import TokenState
-from tests.conftest import IN_CI, SECRETS, MakeToken
+from tests.helpers import (
+    IN_CI,
+    ROOT,
+    SECRETS,
+    TOKENS,
+    MakeToken,
+    call_refresh_tokens,
+    seed_many,
+    worker_env,
+)
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_command import TOKENS, _seed, run
-from tests.test_concurrency import ROOT, worker_env
 
 REDIS = ("127.0.0.1", int(os.environ.get("TOKEN_ROTATION_TEST_REDIS_PORT", "6379")))
 
@@ -135,9 +142,11 @@ def test_worker_sweep_beside_the_command_refreshes_each_token_once(
     runs on the same tokens: one refresh per token reaches the provider."""
     scripted.script(Reply(200, tokens().body, delay=0.2))
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
+    seed_many(app)
     command_out: list[str] = []
-    command = threading.Thread(target=lambda: command_out.append(run("--concurrency", "3")[0]))
+    command = threading.Thread(
+        target=lambda: command_out.append(call_refresh_tokens("--concurrency", "3")[0])
+    )
 
     sweep = tasks.refresh_due_tokens.apply_async(kwargs={"batch_size": 4, "concurrency": 3})
     command.start()
@@ -168,7 +177,7 @@ def test_a_batch_delivered_twice_at_once_refreshes_once(
     was presumed lost): the single-flight lets one refresh per token through."""
     scripted.script(Reply(200, tokens().body, delay=0.3))
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
+    seed_many(app)
     ids = sorted(SocialToken.objects.values_list("pk", flat=True))
 
     first = tasks.refresh_token_batch.apply_async(args=(ids,), kwargs={"concurrency": 4})

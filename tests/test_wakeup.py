@@ -20,7 +20,7 @@ import pytest
 from django.db import connections, transaction
 
 from django_token_rotation import wakeup
-from tests.test_concurrency import ALIASES, ROOT, worker_env
+from tests.helpers import ALIASES, ROOT, worker_env
 
 #: Far longer than any of these tests: returning before it means "woken".
 NEVER = 120.0

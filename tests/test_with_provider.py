@@ -3,66 +3,26 @@ rotating single-use refresh tokens and reuse protection, in its own process."""
 
 from __future__ import annotations
 
-import datetime
 from collections import Counter
 from typing import Any
 
-import jwt
 import pytest
-import requests
-from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
-from django.contrib.auth import get_user_model
-from django.core.cache import cache
+from allauth.socialaccount.models import SocialApp, SocialToken
 from django.utils import timezone
 
 from django_token_rotation import ReauthenticationRequired, get_access_token, refresh
 from django_token_rotation.models import TokenState
-from tests.test_concurrency import (
+from tests.helpers import (
     ALIASES,
     DATABASES,
     PROCESSES,
     THREADS,
     collect,
+    connect,
     start_workers,
+    userinfo,
     worker_env,
 )
-
-
-def connect(alias: str, provider: Any, *, username: str = "alice") -> tuple[Any, SocialToken]:
-    """What allauth stores after a sign-in at the provider, with the access token expired."""
-    cache.clear()
-    grant = provider.password_grant()
-    app = SocialApp.objects.using(alias).create(
-        provider="openid_connect",
-        provider_id="dot",
-        name="DOT",
-        client_id=provider.client_id,
-        secret=provider.client_secret,
-        settings={"server_url": provider.server_url},
-    )
-    user = get_user_model().objects.db_manager(alias).create_user(username, "a@example.com", "x")
-    # As allauth stores an OpenID Connect sign-in: uid = sub, claims in extra_data.
-    claims = jwt.decode(grant["id_token"], options={"verify_signature": False})
-    account = SocialAccount.objects.using(alias).create(
-        user=user, provider="dot", uid=claims["sub"], extra_data={"id_token": claims}
-    )
-    token = SocialToken.objects.using(alias).create(
-        account=account,
-        app=app,
-        token=grant["access_token"],
-        token_secret=grant["refresh_token"],
-        expires_at=timezone.now() - datetime.timedelta(seconds=1),
-    )
-    return user, token
-
-
-def userinfo(provider: Any, access_token: str) -> int:
-    response = requests.get(
-        f"{provider.server_url}/userinfo/",
-        headers={"Authorization": f"Bearer {access_token}"},
-        timeout=10,
-    )
-    return response.status_code
 
 
 @pytest.mark.django_db

@@ -10,6 +10,8 @@ urlpatterns = [
     path("health/", views.health, name="health"),
     path("token/", views.token_view, name="token"),
     path("token-autocommit/", views.token_view_autocommit, name="token-autocommit"),
+    path("async-token/", views.async_token_view, name="async-token"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("_allauth/", include("allauth.headless.urls")),
 ]

@@ -51,3 +51,20 @@ def token_view(request: HttpRequest) -> JsonResponse:
 def token_view_autocommit(request: HttpRequest) -> JsonResponse:
     """Always in autocommit."""
     return _token_view(request)
+
+
+async def async_token_view(request: HttpRequest) -> JsonResponse:
+    """``aget_access_token`` for ``?user=`` in an async view; answers the token's
+    SHA-256 (never the token itself)."""
+    import hashlib
+
+    from django.contrib.auth import get_user_model
+
+    from django_token_rotation import TokenRotationError, aget_access_token
+
+    user = await get_user_model().objects.aget(pk=request.GET["user"])
+    try:
+        token = await aget_access_token(user, request.GET.get("provider", "fake"))
+    except TokenRotationError as exc:
+        return JsonResponse({"error": exc.code}, status=503)
+    return JsonResponse({"sha256": hashlib.sha256(token.encode()).hexdigest()})

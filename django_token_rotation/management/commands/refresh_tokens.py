@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_token_rotation import background
+from django_token_rotation import background, health
 from django_token_rotation.expiry import expiry
 from django_token_rotation.store import state_of
 
@@ -156,7 +156,7 @@ class Command(BaseCommand):
         token = result.token
         assert token is not None
         expires = expiry(token, state_of(token))
-        when = expires.isoformat(timespec="seconds") if expires else "unknown"
+        when = health.format_time(expires) if expires else "unknown"
         what = f"skip ({result.code})" if result.code else "would refresh"
         return (
             f"{what}: token {token.pk}, user {token.account.user}, "

@@ -2,7 +2,7 @@
 
 An answer without ``expires_in`` (and an opaque access token) keeps the
 lifetime of the token it replaces, else the provider's documented default
-(``providers.QUIRKS``), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``; and tokens
+(its ``providers.registry`` entry), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``; and tokens
 allauth stored at sign-in without an expiry (no ``TokenState``) become due
 on every path, the middleware's included.
 """
@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from django_token_rotation import expiry, get_access_token, refresh
 from django_token_rotation.models import TokenState
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer, tokens
 
 pytestmark = pytest.mark.django_db

@@ -3,8 +3,8 @@ with web requests (and with another run) on the same tokens."""
 
 from __future__ import annotations
 
-import datetime
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -13,36 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from allauth.socialaccount.models import SocialApp, SocialToken
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.utils import timezone
 
 from django_token_rotation import TokenRotationError, get_access_token
 from django_token_rotation.models import TokenState
-from tests.conftest import SECRETS, MakeToken
+from tests.helpers import (
+    ROOT,
+    SECRETS,
+    TOKENS,
+    MakeToken,
+    call_refresh_tokens,
+    seed_many,
+    stored,
+    worker_env,
+)
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
-from tests.test_concurrency import worker_env
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
-
-
-def run(*args: str) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    call_command("refresh_tokens", *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
 
 
 def assert_no_secret(*texts: str) -> None:
     for text in texts:
         for secret in SECRETS:
             assert secret not in text
-
-
-def stored(token: SocialToken) -> SocialToken:
-    return SocialToken.objects.get(pk=token.pk)
 
 
 @pytest.mark.django_db
@@ -53,7 +48,7 @@ def test_refreshes_what_is_due_within_the_leeway(
     expiring = make_token(expires_in=30)
     fresh = make_token(expires_in=3600)
 
-    out, err = run()
+    out, err = call_refresh_tokens()
 
     assert len(scripted.token_requests) == 2
     assert stored(expired).token == "new-access" and stored(expiring).token == "new-access"
@@ -69,7 +64,7 @@ def test_within_reaches_further_ahead(
 ) -> None:
     soon = make_token(expires_in=600)
     later = make_token(expires_in=7200)
-    out, _err = run("--within", "900")
+    out, _err = call_refresh_tokens("--within", "900")
     assert stored(soon).token == "new-access"
     assert stored(later).token == "old-access"
     assert "Refreshed 1," in out
@@ -84,12 +79,12 @@ def test_provider_and_user_select_tokens(
     bobs = make_token(expires_in=-10, owner=bob)
     other = make_token(expires_in=-10, provider="google")
 
-    out, _ = run("--user", "bob", "--provider", "fake")
+    out, _ = call_refresh_tokens("--user", "bob", "--provider", "fake")
     assert stored(bobs).token == "new-access"
     assert stored(alices).token == "old-access" and stored(other).token == "old-access"
     assert "Refreshed 1," in out
 
-    run("--user", str(user.pk), "--provider", "fake")
+    call_refresh_tokens("--user", str(user.pk), "--provider", "fake")
     assert stored(alices).token == "new-access"
     assert len(scripted.token_requests) == 2
 
@@ -102,10 +97,12 @@ def test_dry_run_lists_and_changes_nothing(
     no_refresh = make_token(expires_in=-10, refresh="")
     make_token(expires_in=3600)
 
-    out, err = run("--dry-run")
+    out, err = call_refresh_tokens("--dry-run")
 
     assert scripted.received == []
     assert f"would refresh: token {due.pk}, user alice, provider fake" in out
+    # Listed at the default verbosity, times in the admin's format.
+    assert re.search(rf"token {due.pk}, .* expires \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", out)
     assert f"skip (no_refresh_token): token {no_refresh.pk}" in out
     assert "Dry run: 1 token(s) would be refreshed, 1 skipped (no_refresh_token: 1)." in out
     assert stored(due).token == "old-access"
@@ -118,24 +115,24 @@ def test_permanent_failure_exits_1_transient_exits_0(
 ) -> None:
     token = make_token(expires_in=-10)
     scripted.script(Reply(503, "down"))
-    out, err = run()
+    out, err = call_refresh_tokens()
     assert "failed transiently 1 (server_error: 1)" in out
     assert f"token {token.pk}: failed transiently (server_error)" in err
 
     # In back-off now: skipped, no call to the provider.
     scripted.script(oauth_error("invalid_grant"))
-    out, _ = run()
+    out, _ = call_refresh_tokens()
     assert "skipped 1 (backoff: 1)" in out
     assert scripted.received == []
 
     TokenState.objects.update(next_retry_at=None)
     with pytest.raises(CommandError) as excinfo:
-        run()
+        call_refresh_tokens()
     assert excinfo.value.returncode == 1
     assert "failed permanently" in str(excinfo.value)
 
     # Known to need a sign-in: skipped from now on, not a failure of each run.
-    out, _ = run()
+    out, _ = call_refresh_tokens()
     assert "skipped 1 (sign_in_required: 1)" in out
 
 
@@ -149,7 +146,7 @@ def test_bad_options_exit_2(make_token: MakeToken) -> None:
         ["--refresh-within", "-1"],
     ):
         with pytest.raises(CommandError) as excinfo:
-            run(*args)
+            call_refresh_tokens(*args)
         assert excinfo.value.returncode == 2
 
 
@@ -165,7 +162,7 @@ def test_progress_only_on_a_tty(
     terminal = Terminal()
     call_command("refresh_tokens", stdout=terminal, stderr=io.StringIO())
     assert "\r1 tokens done" in terminal.getvalue()
-    out, _ = run()
+    out, _ = call_refresh_tokens()
     assert "\r" not in out
 
 
@@ -187,31 +184,13 @@ def test_exit_codes_of_the_real_command(tmp_path: Path) -> None:
 
 # -- concurrent with web traffic ------------------------------------------------
 
-TOKENS = 12
-
-
-def _seed(app: SocialApp) -> list[Any]:
-    users = []
-    for i in range(TOKENS):
-        user = get_user_model().objects.create_user(f"web{i}", f"w{i}@example.com", "pw")
-        account = SocialAccount.objects.create(user=user, provider="fake", uid=f"web{i}")
-        SocialToken.objects.create(
-            account=account,
-            app=app,
-            token=f"old-access-{i}",
-            token_secret=f"old-refresh-{i}",
-            expires_at=timezone.now() - datetime.timedelta(seconds=5),
-        )
-        users.append(user)
-    return users
-
 
 @pytest.mark.django_db(transaction=True)
 def test_command_threads_refresh_everything_once(scripted: ScriptedServer, settings: Any) -> None:
     settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
-    out, err = run("--concurrency", "4", "--batch-size", "5")
+    seed_many(app)
+    out, err = call_refresh_tokens("--concurrency", "4", "--batch-size", "5")
     assert "Refreshed 12," in out, (out, err)
     assert len(scripted.token_requests) == TOKENS
     assert set(SocialToken.objects.values_list("token", flat=True)) == {"new-access"}
@@ -221,8 +200,8 @@ def test_command_threads_refresh_everything_once(scripted: ScriptedServer, setti
 def test_command_processes_refresh_everything_once(scripted: ScriptedServer, settings: Any) -> None:
     settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    _seed(app)
-    out, err = run("--processes", "2", "--concurrency", "3", "--batch-size", "4")
+    seed_many(app)
+    out, err = call_refresh_tokens("--processes", "2", "--concurrency", "3", "--batch-size", "4")
     assert "Refreshed 12," in out, (out, err)
     sent = Counter(r.form["refresh_token"] for r in scripted.token_requests)
     assert sent == {f"old-refresh-{i}": 1 for i in range(TOKENS)}
@@ -237,7 +216,7 @@ def test_command_and_requests_on_the_same_tokens_refresh_each_once(
     settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
     scripted.script(Reply(200, tokens().body, delay=0.3))
     app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
-    users = _seed(app)
+    users = seed_many(app)
     start = threading.Barrier(2 + len(users))
     outputs: list[str] = []
     answers: Counter[str] = Counter()
@@ -245,7 +224,7 @@ def test_command_and_requests_on_the_same_tokens_refresh_each_once(
     def command() -> None:
         start.wait()
         try:
-            out, _err = run("--concurrency", "3")
+            out, _err = call_refresh_tokens("--concurrency", "3")
             outputs.append(out)
         finally:
             from django.db import connections

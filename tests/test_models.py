@@ -16,7 +16,7 @@ from django_token_rotation.models import (
     fingerprint,
     refresh_blocker,
 )
-from tests.conftest import MakeToken
+from tests.helpers import MakeToken
 
 pytestmark = pytest.mark.django_db
 

@@ -19,9 +19,8 @@ from django_token_rotation import (
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
-from tests.conftest import IN_CI, MakeToken
+from tests.helpers import IN_CI, ROOT, MakeToken
 from tests.scripted_server import ScriptedServer, tokens
-from tests.test_concurrency import ROOT
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 

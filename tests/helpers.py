@@ -1,0 +1,257 @@
+"""What several test modules share, defined once.
+
+Constants (where the checkout is, which databases a test can run on), the
+seeding of tokens on any database alias, the worker processes of the
+concurrency tests, and small accessors. Fixtures live in ``tests/conftest.py``;
+they use these too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.management import call_command
+from django.db import OperationalError, connections
+from django.utils import timezone
+
+from django_token_rotation import TokenRefreshUnavailable
+from django_token_rotation.rotation import access_token_for
+from tests.scripted_server import ScriptedServer
+
+#: The checkout: the working directory of every subprocess the tests start.
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: The token values and client secrets the fixtures create (no log may contain them).
+SECRETS = ("old-access", "old-refresh", "new-access", "new-refresh", "fake-secret", "oidc-secret")
+
+#: The ``make_token`` fixture's type.
+MakeToken = Callable[..., SocialToken]
+
+
+# -- databases --------------------------------------------------------------------
+
+DATABASES = [
+    pytest.param("default", id="sqlite-file"),
+    pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
+    pytest.param("postgres_rr", id="postgresql-repeatable-read", marks=pytest.mark.postgres),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+# Every alias these tests may use (the server aliases exist only when they answer).
+ALIASES = [
+    alias
+    for alias in ("default", "postgres", "postgres_rr", "mariadb")
+    if alias in settings.DATABASES
+]
+
+
+def seed(alias: str, *, provider: str, app: SocialApp | None, expires_in: int = -5) -> Any:
+    user = get_user_model().objects.db_manager(alias).create_user("racer", "r@example.com", "pw")
+    account = SocialAccount.objects.using(alias).create(user=user, provider=provider, uid="r1")
+    SocialToken.objects.using(alias).create(
+        account=account,
+        app=app,
+        token="old-access",
+        token_secret="old-refresh",
+        expires_at=timezone.now() + datetime.timedelta(seconds=expires_in),
+    )
+    return user
+
+
+def seed_fake_app(alias: str, scripted: ScriptedServer, settings: Any) -> None:
+    """One expired token of the ``fake`` provider on ``alias``, its app pointed at ``scripted``."""
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="F", client_id="c", secret="s"
+    )
+    seed(alias, provider="fake", app=app)
+
+
+#: How many tokens ``seed_many`` stores.
+TOKENS = 12
+
+
+def seed_many(app: SocialApp) -> list[Any]:
+    """``TOKENS`` users of the ``fake`` provider, each with an expired token."""
+    users = []
+    for i in range(TOKENS):
+        user = get_user_model().objects.create_user(f"web{i}", f"w{i}@example.com", "pw")
+        account = SocialAccount.objects.create(user=user, provider="fake", uid=f"web{i}")
+        SocialToken.objects.create(
+            account=account,
+            app=app,
+            token=f"old-access-{i}",
+            token_secret=f"old-refresh-{i}",
+            expires_at=timezone.now() - datetime.timedelta(seconds=5),
+        )
+        users.append(user)
+    return users
+
+
+def stored(token: SocialToken) -> SocialToken:
+    """The token as the database has it now."""
+    return SocialToken.objects.get(pk=token.pk)
+
+
+def access(alias: str) -> str:
+    """``get_access_token`` for the one stored token of ``alias`` (which need not be
+    the default database)."""
+    return access_token_for(SocialToken.objects.using(alias).select_related("account").get())
+
+
+def expire(alias: str) -> None:
+    SocialToken.objects.using(alias).update(
+        expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+
+
+def timed(alias: str) -> tuple[float, str]:
+    """How long one ``get_access_token`` took, and what it gave (a token or an error code)."""
+    started = time.monotonic()
+    try:
+        outcome = access(alias)
+    except TokenRefreshUnavailable as exc:
+        outcome = exc.code
+    return time.monotonic() - started, outcome
+
+
+def failing_token_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+    """A database execute wrapper under which every write of a SocialToken fails."""
+    if sql.startswith('UPDATE "socialaccount_socialtoken"'):
+        raise OperationalError("disk I/O error (injected)")
+    return execute(sql, *args)
+
+
+# -- the real provider (django-oauth-toolkit, the ``provider`` fixture) ----------------
+
+
+def connect(alias: str, provider: Any, *, username: str = "alice") -> tuple[Any, SocialToken]:
+    """What allauth stores after a sign-in at the provider, with the access token expired."""
+    cache.clear()
+    grant = provider.password_grant()
+    app = SocialApp.objects.using(alias).create(
+        provider="openid_connect",
+        provider_id="dot",
+        name="DOT",
+        client_id=provider.client_id,
+        secret=provider.client_secret,
+        settings={"server_url": provider.server_url},
+    )
+    user = get_user_model().objects.db_manager(alias).create_user(username, "a@example.com", "x")
+    # As allauth stores an OpenID Connect sign-in: uid = sub, claims in extra_data.
+    claims = jwt.decode(grant["id_token"], options={"verify_signature": False})
+    account = SocialAccount.objects.using(alias).create(
+        user=user, provider="dot", uid=claims["sub"], extra_data={"id_token": claims}
+    )
+    token = SocialToken.objects.using(alias).create(
+        account=account,
+        app=app,
+        token=grant["access_token"],
+        token_secret=grant["refresh_token"],
+        expires_at=timezone.now() - datetime.timedelta(seconds=1),
+    )
+    return user, token
+
+
+def userinfo(provider: Any, access_token: str) -> int:
+    """The status of the provider's userinfo endpoint for ``access_token``."""
+    response = requests.get(
+        f"{provider.server_url}/userinfo/",
+        headers={"Authorization": f"Bearer {access_token}"},
+        timeout=10,
+    )
+    return response.status_code
+
+
+# -- processes ----------------------------------------------------------------------
+
+#: The concurrency tests' callers: PROCESSES worker processes of THREADS threads each.
+PROCESSES = 4
+THREADS = 8
+
+
+def worker_env(alias: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker process that must use database ``alias``."""
+    db = dict(connections[alias].settings_dict)
+    db.pop("TEST", None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "TOKEN_ROTATION_TEST_WORKER_DB": json.dumps(db, default=str),
+    }
+    env.update(extra)
+    return env
+
+
+def start_workers(
+    count: int,
+    *,
+    alias: str,
+    user_id: int,
+    provider: str,
+    threads: int,
+    env: dict[str, str],
+    start_at: float | None = None,
+) -> list[subprocess.Popen[str]]:
+    if start_at is None:
+        start_at = time.time() + 3.0  # time for every process to import Django
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.concurrency_worker",
+                f"--user-id={user_id}",
+                f"--provider={provider}",
+                f"--threads={threads}",
+                f"--start-at={start_at}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def collect(workers: list[subprocess.Popen[str]], timeout: float = 120) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=timeout)
+        assert worker.returncode == 0, err[-3000:]
+        results.extend(json.loads(out.strip().splitlines()[-1])["results"])
+    return results
+
+
+def call_refresh_tokens(*args: str) -> tuple[str, str]:
+    """``manage.py refresh_tokens *args`` in this process: (stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command("refresh_tokens", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server the test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
