@@ -1,9 +1,9 @@
 """The only module that speaks HTTP to a provider.
 
 It sends the refresh-token grant (and RFC 7009 revocation requests), reads the
-answer under a size cap and one wall-clock deadline (:func:`deadline`: the
+answer under a size cap and one hard wall-clock deadline (:mod:`.wire`: the
 discovery fetch, the token call and the JWKS fetch of one refresh share it,
-and it is enforced while the body is read, not per socket read), and turns it
+from name resolution to the last byte of the body), and turns it
 into either validated data (:class:`TokenResponse`, :class:`RevocationResponse`)
 or one of the typed exceptions of :mod:`django_token_rotation.exceptions`. It
 never logs, and never puts in an exception, a body, a header value or any token.
@@ -11,21 +11,15 @@ never logs, and never puts in an exception, a body, a header value or any token.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime
 import email.utils
-import heapq
 import ipaddress
-import itertools
 import json
 import logging
-import os
 import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +34,7 @@ from allauth.socialaccount.adapter import get_adapter
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from . import wire
 from .conf import app_settings
 from .exceptions import (
     ImproperlyConfiguredProvider,
@@ -69,32 +64,6 @@ _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
 # token forever); it is ignored and the expiry derived some other way.
 MAX_EXPIRES_IN = 366 * 24 * 3600
-
-
-# -- one deadline per refresh -----------------------------------------------------
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "token_rotation_deadline", default=None
-)
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Every HTTP call made inside shares one budget of ``seconds`` (wall clock),
-    or the enclosing one if that ends sooner."""
-    at = time.monotonic() + seconds
-    outer = _deadline.get()
-    token = _deadline.set(at if outer is None else min(at, outer))
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def remaining() -> float | None:
-    """Seconds left of the current :func:`deadline` (``None``: none is set)."""
-    at = _deadline.get()
-    return None if at is None else at - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -140,7 +109,7 @@ class TokenResponse:
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
 def refresh_token_grant(
-    endpoint: TokenEndpoint, refresh_token: str, *, before_send: BeforeSend | None = None
+    endpoint: TokenEndpoint, refresh_token: str, *, before_send: wire.BeforeSend | None = None
 ) -> TokenResponse:
     """Exchange ``refresh_token`` at ``endpoint``.
 
@@ -316,311 +285,6 @@ def _session() -> tuple[requests.Session, Any]:
     return session, nullcontext(session)
 
 
-# -- the hard deadline on the wire ----------------------------------------------
-#
-# requests applies its timeout to each socket operation: a server that sends
-# its status line and headers a few bytes at a time is never cut off, and name
-# resolution has no timeout at all. Every HTTP call here runs under a _Guard
-# instead: its connections come from connection classes of our own (installed
-# on the session's pool managers by _arm), which resolve the name on a helper
-# thread waited for no longer than the deadline, connect with what is left of
-# it, and hand their socket to a watchdog thread that shuts it down when the
-# deadline passes, wherever the call is blocked (connect, TLS handshake, status
-# line, headers, body). Immediately before the request is written, the guard
-# runs the caller's last check (``before_send``): the engine's lease.
-
-#: The caller's last word before the request goes out, given the seconds left
-#: of the deadline: return to send, raise a TokenRotationError not to.
-BeforeSend = Callable[[float], None]
-
-
-class _Expired(Exception):
-    """The guard's deadline passed (never an OSError: urllib3 does not retry it)."""
-
-
-class _NotSent(Exception):
-    """The last check before sending said no: ``_Guard.refusal`` says why."""
-
-
-class _Guard:
-    """One HTTP call's deadline (``time.monotonic()``) and its last check."""
-
-    def __init__(self, ends: float, before_send: BeforeSend | None) -> None:
-        self.ends = ends
-        self.before_send = before_send
-        #: Set by the watchdog when the deadline passed before the call ended.
-        self.fired = False
-        self.refusal: BaseException | None = None
-        self._sent = False
-        self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
-        self._done = False
-
-    def left(self) -> float:
-        return self.ends - time.monotonic()
-
-    def watch(self, sock: socket.socket) -> None:
-        """Shut ``sock`` down at the deadline. A duplicate of the descriptor is
-        kept, so that it stays valid through a TLS wrap and cannot be reused for
-        another connection before :meth:`finish`."""
-        # A plain socket on a duplicate descriptor (an SSLSocket refuses dup()).
-        copy = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-        with self._lock:
-            if not self._done and not self.fired:
-                self._watched.append(copy)
-                return
-        _shut(copy)
-        copy.close()
-
-    def fire(self) -> None:
-        """The deadline passed: break off whatever the call is blocked in."""
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            for sock in self._watched:
-                _shut(sock)
-
-    def finish(self) -> bool:
-        """The call is over; returns whether the watchdog fired during it."""
-        with self._lock:
-            self._done = True
-            watched, self._watched = self._watched, []
-        for sock in watched:
-            sock.close()
-        return self.fired
-
-    def check_before_send(self) -> None:
-        """Run immediately before the request is written to a connected socket."""
-        left = self.left()
-        if self.fired or left <= 0:
-            raise _Expired
-        if self.before_send is None:
-            return
-        if self._sent:
-            # A site's urllib3 Retry that retries POSTs: once sent, a refresh
-            # token is not sent again within this refresh.
-            self.refusal = TokenRefreshUnavailable(
-                "The request failed after it was sent; it is not sent again.",
-                code="connection_error",
-            )
-            raise _NotSent
-        try:
-            self.before_send(left)
-        except BaseException as exc:
-            self.refusal = exc
-            raise _NotSent from None
-        self._sent = True
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-_guard: contextvars.ContextVar[_Guard | None] = contextvars.ContextVar(
-    "token_rotation_guard", default=None
-)
-
-
-class _Watchdog:
-    """One daemon thread per process that fires each guard at its deadline."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._queue: list[tuple[float, int, _Guard]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, guard: _Guard) -> None:
-        with self._changed:
-            heapq.heappush(self._queue, (guard.ends, next(self._order), guard))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="token-rotation-deadline", daemon=True
-                )
-                self._thread.start()
-            elif self._queue[0][2] is guard:
-                self._changed.notify()
-
-    def _run(self) -> None:
-        with self._changed:
-            while True:
-                now = time.monotonic()
-                while self._queue and self._queue[0][0] <= now:
-                    heapq.heappop(self._queue)[2].fire()
-                self._changed.wait(self._queue[0][0] - now if self._queue else None)
-
-
-_watchdog = _Watchdog()
-
-
-class _Lookup:
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.addresses: list[Any] = []
-        self.error: OSError | None = None
-
-
-_lookups: dict[tuple[str, int, int], _Lookup] = {}
-_lookups_guard = threading.Lock()
-
-
-def _resolve(host: str, port: int, guard: _Guard) -> list[Any]:
-    """``getaddrinfo`` within the guard's deadline. It cannot be interrupted, so
-    it runs on a helper thread (one per name at a time, shared by concurrent
-    callers) that is left to finish on its own when the deadline passes."""
-    family = urllib3.util.connection.allowed_gai_family()
-    if _is_ip_address(host):
-        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-    key = (host, port, int(family))
-    with _lookups_guard:
-        lookup = _lookups.get(key)
-        if lookup is None:
-            lookup = _lookups[key] = _Lookup()
-            threading.Thread(
-                target=_look_up, args=(key, lookup), name="token-rotation-resolve", daemon=True
-            ).start()
-    if not lookup.done.wait(max(guard.left(), 0.0)):
-        raise _Expired
-    if lookup.error is not None:
-        raise socket.gaierror(*lookup.error.args)
-    return lookup.addresses
-
-
-def _look_up(key: tuple[str, int, int], lookup: _Lookup) -> None:
-    host, port, family = key
-    try:
-        lookup.addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-    except OSError as exc:
-        lookup.error = exc
-    finally:
-        with _lookups_guard:
-            if _lookups.get(key) is lookup:
-                del _lookups[key]
-        lookup.done.set()
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _open_socket(conn: Any, guard: _Guard) -> socket.socket:
-    """urllib3's ``create_connection`` within the guard's deadline."""
-    host = conn._dns_host.strip("[]")
-    error: OSError | None = None
-    for family, kind, proto, _name, address in _resolve(host, conn.port, guard):
-        left = guard.left()
-        if left <= 0:
-            raise _Expired
-        sock = socket.socket(family, kind, proto)
-        try:
-            for option in conn.socket_options or ():
-                sock.setsockopt(*option)
-            sock.settimeout(left)
-            guard.watch(sock)
-            if conn.source_address:
-                sock.bind(conn.source_address)
-            sock.connect(address)
-        except OSError as exc:
-            error = exc
-            sock.close()
-            continue
-        return sock
-    raise error or OSError("getaddrinfo returned no address")
-
-
-class _Guarded(urllib3.connection.HTTPConnection):
-    """A urllib3 connection that keeps to the guard of the call in progress."""
-
-    def _new_conn(self) -> socket.socket:
-        guard = _guard.get()
-        if guard is None:
-            return super()._new_conn()
-        try:
-            return _open_socket(self, guard)
-        except (_Expired, TimeoutError) as exc:
-            raise urllib3.exceptions.ConnectTimeoutError(
-                self, f"Connection to {self.host} timed out."
-            ) from exc
-        except OSError as exc:
-            raise urllib3.exceptions.NewConnectionError(
-                self, f"Failed to establish a new connection: {type(exc).__name__}"
-            ) from exc
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        guard = _guard.get()
-        if guard is not None:
-            # Connected (TCP, proxy tunnel, TLS) before the last check, so that
-            # nothing but writing the request comes after it.
-            if self.sock is None:
-                self.connect()
-            assert self.sock is not None
-            guard.watch(self.sock)
-            guard.check_before_send()
-        return super().request(*args, **kwargs)
-
-
-class _GuardedHTTPS(_Guarded, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Guarded
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPS
-
-
-def _arm_manager(manager: Any) -> None:
-    """Make ``manager`` (a urllib3 PoolManager or ProxyManager) open guarded
-    connections, unless its pools are not urllib3's own (a SOCKS proxy)."""
-    classes = manager.pool_classes_by_scheme
-    if (classes.get("http"), classes.get("https")) == (
-        urllib3.HTTPConnectionPool,
-        urllib3.HTTPSConnectionPool,
-    ):
-        manager.pool_classes_by_scheme = {**classes, "http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _ArmedManagers(dict[str, Any]):
-    """requests' per-proxy managers, armed as requests creates them."""
-
-    def __setitem__(self, proxy: str, manager: Any) -> None:
-        _arm_manager(manager)
-        super().__setitem__(proxy, manager)
-
-
-def _arm(session: requests.Session) -> None:
-    """Guard every connection ``session``'s HTTP adapters open (requests'
-    ``HTTPAdapter`` and subclasses, through proxies too); other transports
-    keep requests' per-operation timeouts."""
-    for adapter in session.adapters.values():
-        if isinstance(adapter, requests.adapters.HTTPAdapter) and not isinstance(
-            adapter.proxy_manager, _ArmedManagers
-        ):
-            _arm_manager(adapter.poolmanager)
-            for manager in adapter.proxy_manager.values():
-                _arm_manager(manager)
-            adapter.proxy_manager = _ArmedManagers(adapter.proxy_manager)
-
-
-def _after_fork_in_child() -> None:
-    # Neither the watchdog thread nor the resolver threads survive a fork.
-    global _watchdog, _lookups_guard
-    _watchdog = _Watchdog()
-    _lookups_guard = threading.Lock()
-    _lookups.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
 def _send(
@@ -632,29 +296,24 @@ def _send(
     headers: Mapping[str, str] | None = None,
     auth: requests.auth.AuthBase | None = None,
     timeout: float | None = None,
-    before_send: BeforeSend | None = None,
+    before_send: wire.BeforeSend | None = None,
 ) -> tuple[int, str, bytes, Mapping[str, str]]:
     timeout = app_settings.TIMEOUT if timeout is None else timeout
     limit = app_settings.MAX_RESPONSE_BYTES
     provider = endpoint.provider
     require_secure(endpoint.url, provider=provider)
     # This call's own deadline, within the refresh's if one is running.
-    ends = time.monotonic() + timeout
-    shared = _deadline.get()
-    if shared is not None:
-        ends = min(ends, shared)
+    ends = wire.ends_within(timeout)
     left = ends - time.monotonic()
     if left <= 0:
         raise TokenRefreshUnavailable(
             "No time left of this refresh's deadline.", code="timeout", provider=provider
         )
-    guard = _Guard(ends, before_send)
-    watched = _guard.set(guard)
-    _watchdog.watch(guard)
+    guard, watched = wire.guard(ends, before_send)
     session, scope = _session()
     try:
         with scope:
-            _arm(session)
+            wire.arm(session)
             response = session.request(
                 method,
                 endpoint.url,
@@ -671,14 +330,14 @@ def _send(
                 body = _read_capped(response, limit=limit)
                 if guard.finish() and not _complete(response):
                     # Cut at the deadline: an end of file, not the end of the body.
-                    raise _Expired
+                    raise wire.Expired
                 return (
                     response.status_code,
                     response.headers.get("Content-Type", ""),
                     body,
                     response.headers,
                 )
-    except _NotSent:
+    except wire.NotSent:
         refusal = guard.refusal
         if isinstance(refusal, TokenRotationError) and refusal.provider is None:
             refusal.provider = provider
@@ -691,7 +350,7 @@ def _send(
             provider=provider,
         ) from None
     except Exception as exc:
-        if guard.fired or isinstance(exc, (_Expired, requests.Timeout)):
+        if guard.fired or isinstance(exc, (wire.Expired, requests.Timeout)):
             # Whatever broke when the watchdog shut the socket: the deadline did it.
             raise TokenRefreshUnavailable(
                 f"No complete answer within {timeout} s.", code="timeout", provider=provider
@@ -714,8 +373,7 @@ def _send(
             provider=provider,
         ) from None
     finally:
-        guard.finish()
-        _guard.reset(watched)
+        wire.unguard(guard, watched)
 
 
 def _complete(response: requests.Response) -> bool:
@@ -779,7 +437,7 @@ def _read_capped(response: requests.Response, *, limit: int) -> bytes:
                 raise _BodyTooLarge
             chunks.append(chunk)
     except urllib3.exceptions.ReadTimeoutError:
-        raise _Expired from None
+        raise wire.Expired from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise requests.ConnectionError(type(exc).__name__) from None
     return b"".join(chunks)

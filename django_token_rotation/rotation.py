@@ -36,7 +36,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
-from . import client, expiry, idtoken, providers, singleflight, store, transactions, wakeup
+from . import client, expiry, idtoken, providers, singleflight, store, transactions, wakeup, wire
 from .conf import app_settings
 from .exceptions import (
     ImproperlyConfiguredProvider,
@@ -429,7 +429,7 @@ class Refresh:
         token = self.token
         try:
             # One deadline for every HTTP call of this refresh (discovery, token, JWKS).
-            with client.deadline(app_settings.TIMEOUT):
+            with wire.deadline(app_settings.TIMEOUT):
                 endpoint = providers.resolve(token)
                 client.require_secure(endpoint.url, provider=endpoint.provider)
                 return self._send_and_store(endpoint)
@@ -475,7 +475,7 @@ class Refresh:
             replay=replay,
         )
 
-    def last_check(self, sent_fingerprint: str) -> client.BeforeSend:
+    def last_check(self, sent_fingerprint: str) -> wire.BeforeSend:
         """What runs when the connection is up, immediately before the refresh
         token is written: one conditional ``UPDATE`` that marks it in flight and
         renews the lease for ``TOKEN_ROTATION_LEASE`` (longer than what is left

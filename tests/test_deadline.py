@@ -34,6 +34,11 @@ from tests.scripted_server import Reply, ScriptedServer, running, self_signed, t
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
+#: Seconds past a 1 s deadline that the database writes and a loaded machine
+#: (load average 20 on 2 cores while these ran) may add; a per-read timeout
+#: instead of the deadline takes 6 s and more.
+SLACK = 0.9
+
 
 @pytest.mark.parametrize("alias", DATABASES)
 @pytest.mark.django_db(transaction=True, databases=ALIASES)
@@ -47,7 +52,7 @@ def test_a_dripping_answer_is_cut_at_the_deadline(
     took, outcome = timed(alias)
     print(f"\n[{alias}] dripping endpoint, TIMEOUT=1: {outcome} after {took:.2f} s")
     assert outcome == "timeout"
-    assert took < 1.5
+    assert took < 1 + SLACK
     assert SocialToken.objects.using(alias).get().token == "old-access"
 
 
@@ -69,7 +74,7 @@ def test_a_hanging_endpoint_costs_one_request_at_most_the_timeout(
         f"\n[{alias}] hanging endpoint, TIMEOUT=1: {outcome} after {took:.2f} s, "
         f"then {second} after {again:.2f} s"
     )
-    assert outcome == "timeout" and took < 1.5
+    assert outcome == "timeout" and took < 1 + SLACK
     # The next request does not hang again: the token is in its back-off.
     assert second == "backoff" and again < 0.5
     assert len(scripted.token_requests) == 1
@@ -100,7 +105,7 @@ def test_discovery_and_the_token_call_share_one_deadline(
     took, outcome = timed("default")
     print(f"\ndiscovery 0.6 s + token call 0.6 s, TIMEOUT=1: {outcome} after {took:.2f} s")
     assert outcome == "timeout"
-    assert took < 1.3
+    assert took < 1 + SLACK
 
 
 @pytest.mark.parametrize("alias", DATABASES)
@@ -142,7 +147,7 @@ def test_a_holder_whose_lease_ran_out_never_sends_the_refresh_token(
 
 RACE = {"TOKEN_ROTATION_TEST_TIMEOUT": "1", "TOKEN_ROTATION_TEST_LEASE": "3"}
 #: A's whole call: the deadline, plus the database writes and a loaded machine.
-WITHIN = 2.5
+WITHIN = 1 + SLACK
 
 
 def race(
