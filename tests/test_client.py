@@ -141,7 +141,7 @@ def test_the_transport_works_with_urllib3_1_26(tmp_path: Path) -> None:
         pytest.skip("urllib3 1.26 cannot be installed here (no package index?)")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
-        + ["tests/test_transport.py", "tests/test_deadline.py"]
+        + ["tests/test_client.py", "tests/test_deadline.py"]
         + ["-k", "not race and not urllib3_1_26"],
         cwd=ROOT,
         env={
