@@ -46,6 +46,11 @@ def _index_of(entries: Sequence[object], wanted: object) -> int | None:
     return None
 
 
+def _anchor(name: str) -> str:
+    """The id Sphinx gives the heading ``TOKEN_ROTATION_<NAME>`` of docs/settings.rst."""
+    return f"token-rotation-{name.lower().replace('_', '-')}"
+
+
 @checks.register(checks.Tags.compatibility)
 def check_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
@@ -116,10 +121,12 @@ def _check_settings() -> list[checks.CheckMessage]:
         try:
             getattr(app_settings, name)
         except ImproperlyConfigured as exc:
+            if not str(exc).startswith(f"{app_settings.prefix}{name} "):
+                continue  # derived from another setting (LEASE from TIMEOUT): reported there
             errors.append(
                 checks.Error(
                     str(exc),
-                    hint=f"See the settings reference: {docs_url('settings')}",
+                    hint=f"See {docs_url('settings', _anchor(name))}",
                     id="token_rotation.E005",
                 )
             )

@@ -172,7 +172,7 @@ def setup_cfg_urls() -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines)
 
 
-LINK = re.compile(r"https?://[^\s)>`\"']+")
+LINK = re.compile(r"https?://[^\s)>`\"'*]+")
 
 
 def test_the_package_reads_its_addresses_from_setup_cfg() -> None:
@@ -225,3 +225,63 @@ def test_the_version_is_set_once_in_setup_cfg() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), "a release version (semantic versioning)"
     # The changelog has an entry for it.
     assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_manuals_pictures_are_the_browser_tests_screenshots_at_1280_px() -> None:
+    """docs/*.png come from ``make screenshots`` (tests/test_admin_browser.py and
+    tests/test_demo_browser.py, headless Chromium at 1280 px); each is shown on a page."""
+    import struct
+
+    pictures = sorted(DOCS.glob("*.png"))
+    assert {p.name for p in pictures} >= {
+        "admin-token-list.png",
+        "admin-token-page.png",
+        "admin-refresh-history.png",
+    }
+    manual = "".join(page.read_text() for page in DOCS.glob("*.rst"))
+    for picture in pictures:
+        header = picture.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n", picture.name
+        width, _ = struct.unpack(">II", header[16:24])
+        assert width == 1280, f"{picture.name} is {width} px wide"
+        assert f":: {picture.name}" in manual, f"{picture.name} is on no page"
+
+
+def test_a_bad_setting_links_its_own_entry_of_the_settings_page(settings: Any) -> None:
+    """Check E005's hint is the hosted entry of that setting: an anchor the build makes."""
+    from django_token_rotation import checks
+
+    settings.TOKEN_ROTATION_LEEWAY = "soon"
+    (message,) = [m for m in checks.check_setup() if m.id == "token_rotation.E005"]
+    assert message.hint is not None
+    assert message.hint.endswith("/settings.html#token-rotation-leeway")
+    # The heading that Sphinx turns into that id.
+    assert "``TOKEN_ROTATION_LEEWAY``\n-----" in (DOCS / "settings.rst").read_text()
+
+
+def test_every_link_into_the_hosted_manual_names_a_page_of_docs() -> None:
+    """``.../en/stable/<page>.html`` for each ``docs/<page>.rst``: no link to a page that
+    the build does not make."""
+    base = setup_cfg_urls()["Documentation"].rstrip("/") + "/en/stable/"
+    files = [
+        ROOT / name for name in ("README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md")
+    ]
+    for path in files:
+        for link in LINK.findall(path.read_text()):
+            if link.startswith(base) and link != base:
+                page = link[len(base) :].split("#")[0].removesuffix(".html")
+                assert (DOCS / f"{page}.rst").exists(), f"{path.name}: {link}"
+
+
+def test_the_commands_contributors_are_told_to_run_exist() -> None:
+    """Every ``make X`` of the README and CONTRIBUTING.md is a target of the Makefile, and
+    every ``nox -s NAME`` a session of noxfile.py."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w.-]+):", makefile, re.M))
+    noxfile = (ROOT / "noxfile.py").read_text()
+    for name in ("README.md", "CONTRIBUTING.md"):
+        text = (ROOT / name).read_text()
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", text):
+            assert target in targets, f"{name}: make {target}"
+        for session in re.findall(r"nox -s \"?([\w.-]+)", text):
+            assert f"def {session.split('-')[0]}(" in noxfile, f"{name}: nox -s {session}"
