@@ -42,6 +42,8 @@ class Reply:
     header_drip: float = 0.0
     #: Wait until this event is set before answering (a hung provider).
     hold: threading.Event | None = None
+    #: Close the connection after reading the request, without answering.
+    drop: bool = False
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, (dict, list)):
@@ -223,6 +225,9 @@ class ScriptedServer:
                 reply = server._next_reply(received)
                 if server.on_request is not None:
                     server.on_request(received)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 if reply.hold is not None:
                     reply.hold.wait(60)
                 if reply.delay:

@@ -15,12 +15,13 @@ from django.utils import timezone
 from django_token_rotation import (
     ProviderNotRefreshable,
     ReauthenticationRequired,
+    TokenRefreshUnavailable,
     get_access_token,
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
 from tests.helpers import IN_CI, ROOT, MakeToken
-from tests.scripted_server import ScriptedServer, tokens
+from tests.scripted_server import Reply, ScriptedServer, tokens
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -157,3 +158,33 @@ def test_the_transport_works_with_urllib3_1_26(tmp_path: Path) -> None:
     print(f"\nwith urllib3 1.26: {summary}")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in summary and "skipped" not in summary
+
+
+@pytest.mark.django_db
+def test_a_sites_retry_of_posts_never_sends_the_refresh_token_twice(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    user: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site whose allauth adapter mounts a urllib3 ``Retry`` that retries POSTs:
+    the provider reads the refresh request and drops the connection, urllib3
+    tries again, and the second send is refused before it is written."""
+    import requests
+    from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+    from urllib3.util.retry import Retry
+
+    def retrying_session(self: Any) -> requests.Session:
+        session = requests.Session()
+        retry = Retry(total=3, read=3, connect=3, allowed_methods=None, backoff_factor=0)
+        session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+        return session
+
+    monkeypatch.setattr(DefaultSocialAccountAdapter, "get_requests_session", retrying_session)
+    make_token()
+    scripted.script(Reply(drop=True), tokens())
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        get_access_token(user, "fake")
+    assert excinfo.value.code == "connection_error"
+    assert len(scripted.token_requests) == 1
