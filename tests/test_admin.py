@@ -18,9 +18,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_token_rotation import health, history, rotation
+from django_token_rotation import health, history
 from django_token_rotation.admin import mask
-from django_token_rotation.models import RefreshEvent, TokenState
+from django_token_rotation.models import RefreshEvent, TokenState, fingerprint
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.django_db
@@ -84,7 +84,7 @@ def every_status() -> dict[str, SocialToken]:
     future = timezone.now() + datetime.timedelta(minutes=5)
     refused = add_token("u-signin", expires_in=-60, needs_reauth=True, last_error="invalid_grant")
     TokenState.objects.filter(token=refused).update(
-        failed_fingerprint=rotation.fingerprint(refused.token_secret)
+        failed_fingerprint=fingerprint(refused.token_secret)
     )
     return {
         "fresh": add_token("u-fresh", expires_in=3600, refresh_count=3),

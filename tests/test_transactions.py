@@ -262,7 +262,7 @@ def test_a_burst_of_rolled_back_transactions_refreshes_once(alias: str, provider
         f"\n[{alias}] {PROCESSES} x {THREADS} in rolled-back transactions: refresh calls "
         f"{stats['refresh_calls']}, replays {len(seen) - len(set(seen))}"
     )
-    assert [r.get("token") for r in results] == [token.token] * PROCESSES * THREADS
+    assert [r.get("token") for r in results] == [token.token] * PROCESSES * THREADS, results
     assert stats["refresh_calls"] == 1
     assert userinfo(provider, token.token) == 200
 
