@@ -121,6 +121,8 @@ def _check_settings() -> list[checks.CheckMessage]:
         try:
             getattr(app_settings, name)
         except ImproperlyConfigured as exc:
+            if not str(exc).startswith(f"{app_settings.prefix}{name} "):
+                continue  # derived from another setting (LEASE from TIMEOUT): reported there
             errors.append(
                 checks.Error(
                     str(exc),
