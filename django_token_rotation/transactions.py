@@ -233,6 +233,9 @@ class _LocalLockTimeout:
     """An execute wrapper: PostgreSQL's ``lock_timeout`` for one statement,
     set with ``SET LOCAL`` so that it ends with the statement's transaction."""
 
+    #: Runs of one statement that meets a serialization failure.
+    ATTEMPTS = 3
+
     def __init__(self, milliseconds: int) -> None:
         self.sql = f"SET LOCAL lock_timeout = {int(milliseconds)}"
 
@@ -244,9 +247,18 @@ class _LocalLockTimeout:
         if connection.in_atomic_block or not connection.get_autocommit():
             raw.execute(self.sql)
             return execute(sql, params, many, context)
-        with transaction.atomic(using=connection.alias):
-            raw.execute(self.sql)
-            return execute(sql, params, many, context)
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                with transaction.atomic(using=connection.alias):
+                    raw.execute(self.sql)
+                    return execute(sql, params, many, context)
+            except DatabaseError as exc:
+                # The statement is alone in its transaction, which rolled back:
+                # run it again on a new snapshot, as autocommit would have
+                # (REPEATABLE READ meets a row another transaction changed).
+                if attempt == self.ATTEMPTS or not is_serialization_failure(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def is_lock_timeout(exc: DatabaseError) -> bool:
@@ -257,6 +269,12 @@ def is_lock_timeout(exc: DatabaseError) -> bool:
         return True
     args = getattr(cause, "args", ()) or exc.args
     return bool(args) and args[0] in (1205, 3572)  # lock wait timeout, NOWAIT
+
+
+def is_serialization_failure(exc: DatabaseError) -> bool:
+    """Whether ``exc`` is PostgreSQL's "could not serialize access" (SQLSTATE 40001)."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) == "40001" or getattr(cause, "pgcode", None) == "40001"
 
 
 def is_busy(exc: DatabaseError) -> bool:
