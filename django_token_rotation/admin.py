@@ -35,6 +35,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import health, revocation, rotation
+from .conf import app_settings
 from .exceptions import TokenRotationError
 from .models import RefreshEvent, TokenState
 
@@ -216,6 +217,8 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "refresh_expires_column",
     )
     list_display_links = ("user",)
+    change_list_template = "admin/token_rotation/change_list.html"
+    empty_value_display = EMPTY
     list_filter = (ProviderFilter, StatusFilter)
     list_select_related = ("account__user", "app", "rotation_state")
     ordering = ("expires_at", "pk")
@@ -460,17 +463,19 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    # The token column names its user and provider (one column, not three): the list
+    # fits 1280 px beside the filters and the date links (tests/test_admin_browser.py).
     list_display = (
         "at_display",
         "token_link",
-        "user",
-        "provider",
         "outcome",
         "error_code",
         "duration_ms",
         "rotated",
     )
     list_filter = ("outcome", EventProviderFilter)
+    change_list_template = "admin/token_rotation/change_list.html"
+    empty_value_display = EMPTY
     list_select_related = ("token__account__user",)
     date_hierarchy = "at"
     # The event's page (read-only): the same formats as the list, durations in ms.
@@ -511,10 +516,12 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def retry_at_display(self, event: RefreshEvent) -> str:
         return when(event.retry_at)
 
-    @admin.display(description=_("token"), ordering="token")
+    @admin.display(description=_("token"), ordering="token__account__user")
     def token_link(self, event: RefreshEvent) -> SafeString:
+        """``alice (google)``, a link to the token's page."""
         url = reverse("admin:socialaccount_socialtoken_change", args=[event.token_id])
-        return format_html('<a href="{}">{}</a>', url, event.token_id)
+        account = event.token.account
+        return format_html('<a href="{}">{} ({})</a>', url, account.user, account.provider)
 
     @admin.display(description=_("user"), ordering="token__account__user")
     def user(self, event: RefreshEvent) -> str:
@@ -536,7 +543,8 @@ class RefreshEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 SocialToken._meta.verbose_name = _("OAuth token")
 SocialToken._meta.verbose_name_plural = _("OAuth tokens")
 
-if admin.site.is_registered(SocialToken):
-    admin.site.unregister(SocialToken)
-admin.site.register(SocialToken, SocialTokenAdmin)
+if app_settings.ADMIN:  # TOKEN_ROTATION_ADMIN = False keeps allauth's own
+    if admin.site.is_registered(SocialToken):
+        admin.site.unregister(SocialToken)
+    admin.site.register(SocialToken, SocialTokenAdmin)
 admin.site.register(RefreshEvent, RefreshEventAdmin)

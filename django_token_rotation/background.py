@@ -33,7 +33,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
 from django.utils import timezone
 
-from . import client, history, rotation
+from . import client, history, rotation, transactions
 from . import providers as provider_resolution
 from .conf import app_settings
 from .exceptions import (
@@ -148,9 +148,10 @@ class Selection:
 
     def queryset(self, *, shard: tuple[int, int] | None = None) -> QuerySet[SocialToken]:
         """The candidate tokens; :meth:`why_due` has the final word on each."""
-        tokens: QuerySet[SocialToken] = SocialToken.objects.select_related(
-            "account", "app", "rotation_state"
-        )
+        # The write database: due or not is decided on the newest values.
+        tokens: QuerySet[SocialToken] = SocialToken.objects.using(
+            transactions.database()
+        ).select_related("account", "app", "rotation_state")
         if self.providers:
             tokens = tokens.filter(account__provider__in=self.providers)
         if self.users:

@@ -46,6 +46,11 @@ def _index_of(entries: Sequence[object], wanted: object) -> int | None:
     return None
 
 
+def _anchor(name: str) -> str:
+    """The id Sphinx gives the heading ``TOKEN_ROTATION_<NAME>`` of docs/settings.rst."""
+    return f"token-rotation-{name.lower().replace('_', '-')}"
+
+
 @checks.register(checks.Tags.compatibility)
 def check_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
@@ -116,10 +121,12 @@ def _check_settings() -> list[checks.CheckMessage]:
         try:
             getattr(app_settings, name)
         except ImproperlyConfigured as exc:
+            if not str(exc).startswith(f"{app_settings.prefix}{name} "):
+                continue  # derived from another setting (LEASE from TIMEOUT): reported there
             errors.append(
                 checks.Error(
                     str(exc),
-                    hint=f"See the settings reference: {docs_url('settings')}",
+                    hint=f"See {docs_url('settings', _anchor(name))}",
                     id="token_rotation.E005",
                 )
             )
@@ -144,6 +151,46 @@ def _check_settings() -> list[checks.CheckMessage]:
     except ImproperlyConfigured:
         pass  # reported above
     return errors
+
+
+@checks.register(checks.Tags.compatibility)
+def check_deprecated_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A deprecated setting still set: what replaces it (conf.DEPRECATED)."""
+    from .conf import deprecated_settings_in_use, docs_url
+
+    return [
+        checks.Warning(
+            f"{name} is deprecated and will be removed in 2.0: {replacement}.",
+            hint=f"Remove {name} from your settings: {docs_url('settings', 'deprecated-settings')}",
+            id="token_rotation.W101",
+        )
+        for name, replacement in deprecated_settings_in_use()
+    ]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_provider_errors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Shapes in ``TOKEN_ROTATION_PROVIDER_ERRORS`` that no answer can ever match."""
+    from .conf import app_settings, docs_url
+    from .providers.registry import SHAPE
+
+    try:
+        configured = app_settings.PROVIDER_ERRORS
+    except ImproperlyConfigured:
+        return []  # E005
+    return [
+        checks.Warning(
+            f"TOKEN_ROTATION_PROVIDER_ERRORS[{provider!r}] names the shape {shape[:80]!r}, "
+            "which no answer can match: the rule is never used.",
+            hint="Shapes are an error code, graph:<number>, message:<text in lower case>, "
+            "field:<field>:<code>, http:<status> or http:<status>:empty: "
+            f"{docs_url('providers')}",
+            id="token_rotation.W010",
+        )
+        for provider, shapes in configured.items()
+        for shape in shapes
+        if not SHAPE.fullmatch(shape)
+    ]
 
 
 # -- what a newcomer trips on and allauth does not report ------------------------
@@ -205,11 +252,13 @@ def check_request_context_processor(
 
 
 def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
+    from .conf import docs_url
+
     return checks.Warning(
         f"The {provider} app ({where}) does not ask for refresh tokens: {what}.",
         hint="Without a refresh token the user has to sign in again whenever the access "
         "token expires. Silence token_rotation.W007 if this provider issues refresh tokens "
-        "anyway.",
+        f"anyway. How each provider issues them: {docs_url('providers')}",
         id="token_rotation.W007",
     )
 
@@ -217,8 +266,8 @@ def _offline_warning(provider: str, what: str, where: str) -> checks.Warning:
 def offline_access_problems(
     provider: str, scope: Iterable[str] | None, auth_params: dict[str, Any] | None, where: str
 ) -> list[checks.CheckMessage]:
-    """Warnings for one app, from the opt-ins of the provider quirks table
-    (``providers.QUIRKS``: Google's access_type=offline, offline_access, X's
+    """Warnings for one app, from the opt-ins of the provider registry
+    (``providers.registry``: Google's access_type=offline, offline_access, X's
     offline.access, Dropbox's token_access_type=offline...)."""
     from .providers import offline_access_missing
 

@@ -58,39 +58,6 @@ PERMANENT_ERRORS = frozenset(
 #: Error codes that say "later".
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
-#: THE table of provider error shapes: provider-specific errors (many sent with
-#: HTTP 200) -> the standard code they mean. Keys are what :func:`_provider_error`
-#: reads from a body: the ``error`` string, ``graph:<code>`` for a Graph API
-#: error object, ``message:<text>`` for a bare message, ``field:<field>:<code>``
-#: for an ``errors`` list. docs/providers.rst lists them.
-PROVIDER_ERRORS: dict[str, str] = {
-    # GitHub: HTTP 200 {"error": "bad_refresh_token"} (expired or used refresh token).
-    "bad_refresh_token": "invalid_grant",
-    "incorrect_client_credentials": "invalid_client",
-    # Slack: HTTP 200 {"ok": false, "error": ...}.
-    "invalid_refresh_token": "invalid_grant",
-    "token_revoked": "invalid_grant",
-    "token_expired": "invalid_grant",
-    "invalid_client_id": "invalid_client",
-    "bad_client_secret": "invalid_client",
-    "ratelimited": "slow_down",
-    "internal_error": "server_error",
-    "fatal_error": "server_error",
-    "service_unavailable": "temporarily_unavailable",
-    # Twitch: HTTP 400 {"status": 400, "message": "Invalid refresh token"}.
-    "message:invalid refresh token": "invalid_grant",
-    # Facebook / Instagram Graph API: {"error": {"code": 190, "type": "OAuthException"}}.
-    "graph:190": "invalid_grant",
-    "graph:1": "server_error",
-    "graph:2": "temporarily_unavailable",
-    "graph:4": "slow_down",
-    "graph:17": "slow_down",
-    "graph:32": "slow_down",
-    "graph:613": "slow_down",
-    # Strava: HTTP 400 {"errors": [{"field": "refresh_token", "code": "invalid"}]}.
-    "field:refresh_token:invalid": "invalid_grant",
-}
-
 _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
 # token forever); it is ignored and the expiry derived some other way.
@@ -142,6 +109,9 @@ class TokenEndpoint:
     token_types: frozenset[str] = frozenset()
     #: Further form parameters of the refresh (VK ID's ``device_id`` and ``state``).
     params: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: The provider's error answers in its own words: shape -> standard code
+    #: (``providers.registry.error_shapes``).
+    errors: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -561,33 +531,41 @@ def _refresh_lifetime(payload: dict[str, Any]) -> int | None:
     return None
 
 
-def _provider_error(payload: Any) -> str | None:
-    """The standard error code an error body means, through :data:`PROVIDER_ERRORS`.
+def _provider_error(
+    errors: Mapping[str, str], status: int, body: bytes, payload: Any
+) -> str | None:
+    """The standard error code an error answer means, through the provider's
+    error shapes (``errors``, from its registry entry and the site's settings).
 
-    Reads the body's shape only (never a token): an ``error`` string, a Graph
-    API error object, a bare ``message`` or a Strava-style ``errors`` list.
+    Reads the answer's shape only (never a token): an ``error`` string, a Graph
+    API error object, a bare ``message``, a Strava-style ``errors`` list, and
+    for an answer without any of them its status (``http:<status>``, and
+    ``http:<status>:empty`` when the body is empty).
     """
-    if not isinstance(payload, dict):
-        return None
     keys: list[str] = []
-    error = payload.get("error")
-    if isinstance(error, dict) and isinstance(error.get("code"), int):
-        keys.append(f"graph:{error['code']}")
-    message = payload.get("message")
-    if isinstance(message, str) and len(message) <= 100:
-        keys.append(f"message:{message.strip().lower()}")
-    errors = payload.get("errors")
-    if isinstance(errors, list):
-        keys.extend(
-            f"field:{item.get('field')}:{item.get('code')}"
-            for item in errors[:10]
-            if isinstance(item, dict)
-        )
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("code"), int):
+            keys.append(f"graph:{error['code']}")
+        message = payload.get("message")
+        if isinstance(message, str) and len(message) <= 100:
+            keys.append(f"message:{message.strip().lower()}")
+        items = payload.get("errors")
+        if isinstance(items, list):
+            keys.extend(
+                f"field:{item.get('field')}:{item.get('code')}"
+                for item in items[:10]
+                if isinstance(item, dict)
+            )
     for key in keys:
-        if key in PROVIDER_ERRORS:
-            return PROVIDER_ERRORS[key]
+        if key in errors:
+            return errors[key]
     code = _error_code(payload)
-    return PROVIDER_ERRORS.get(code, code) if code is not None else None
+    if code is not None:
+        return errors.get(code, code)
+    if not body.strip() and f"http:{status}:empty" in errors:
+        return errors[f"http:{status}:empty"]
+    return errors.get(f"http:{status}")
 
 
 def _lifetime(value: Any) -> int | None:
@@ -622,7 +600,7 @@ def parse_token_response(
     """Classify a token endpoint's answer; return it only when it is usable."""
     provider = endpoint.provider
     payload = _decode_body(content_type, body)
-    code = _provider_error(payload)
+    code = _provider_error(endpoint.errors, status, body, payload)
 
     if 300 <= status < 400:
         raise TokenRefreshUnavailable(
@@ -650,9 +628,26 @@ def parse_token_response(
             code=code,
             provider=provider,
         )
-    if status >= 400 or code is not None:
-        # Not an OAuth error we know (an HTML error page, a WAF, a 404 from a
-        # misconfigured URL...). Signing the user out would not fix it.
+    if status == 408:
+        raise TokenRefreshUnavailable(
+            "The token endpoint timed out the request (HTTP 408).",
+            code="timeout",
+            provider=provider,
+            retry_at=_retry_at(retry_after),
+        )
+    if 400 <= status < 500:
+        # A refusal that says nothing we understand (glewlwyd's empty HTTP 400
+        # for a spent refresh token, an HTML page, an unknown error code): the
+        # engine tries once more, and a second one means "sign in again".
+        raise TokenRefreshUnavailable(
+            f"The token endpoint refused the refresh without an OAuth error we know "
+            f"(HTTP {status}, error {code or '-'}).",
+            code="refusal_unconfirmed",
+            provider=provider,
+        )
+    if code is not None:
+        # An error in a 2xx answer that we do not know. Signing the user out
+        # would not fix it.
         raise TokenRefreshUnavailable(
             f"Unexpected answer from the token endpoint (HTTP {status}, error {code or '-'}).",
             code="unexpected_response",
@@ -718,7 +713,17 @@ def _validated(endpoint: TokenEndpoint, payload: Any) -> TokenResponse:
     if not isinstance(payload, dict):
         raise _malformed(provider, "the body is not a JSON object")
     refresh_token = _optional_string(payload, "refresh_token", provider)
-    id_token = _optional_string(payload, "id_token", provider)
+    try:
+        id_token = _optional_string(payload, "id_token", provider)
+    except TokenRefreshUnavailable:
+        # The tokens are usable without it (and the refresh token sent may be
+        # spent): only the account's claims are not updated.
+        logger.warning(
+            "Token endpoint of provider %s sent an unusable 'id_token' (%s); ignoring it.",
+            provider,
+            type(payload.get("id_token")).__name__,
+        )
+        id_token = None
     token_type = payload.get("token_type")
     try:
         access_token = _access_token(endpoint, payload, token_type)

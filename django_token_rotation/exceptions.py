@@ -19,7 +19,13 @@ class TokenRotationError(Exception):
 
     ``code`` is a short, stable string (``"invalid_grant"``, ``"timeout"`` ...)
     meant for logs, metrics and the admin. ``provider`` is the allauth provider
-    id of the account, when known.
+    id of the account, when known. Example::
+
+        try:
+            token = get_access_token(user, "google")
+        except TokenRotationError as exc:
+            logger.warning("No token for %s (%s)", exc.provider, exc.code)
+            raise
     """
 
     #: Whether the user must sign in again (``True``) or a later call may work.
@@ -56,7 +62,12 @@ class TokenRotationError(Exception):
 class ReauthenticationRequired(TokenRotationError):
     """The user must sign in again: there is no usable token or the provider refused it.
 
-    Its codes are the permanent ones of :data:`ERROR_CODES`.
+    Its codes are the permanent ones of :data:`ERROR_CODES`. Example::
+
+        try:
+            token = get_access_token(request.user, "google")
+        except ReauthenticationRequired:
+            return redirect("socialaccount_connections")  # sign in again
     """
 
     permanent = True
@@ -66,7 +77,11 @@ class ReauthenticationRequired(TokenRotationError):
 class ProviderNotRefreshable(ReauthenticationRequired):
     """The provider's tokens cannot be refreshed by this app (OAuth1, or a
     provider whose token exchange needs special code). Once such a token has
-    expired the only way to a new one is to sign in again."""
+    expired the only way to a new one is to sign in again. Example::
+
+        except ProviderNotRefreshable as exc:  # before ReauthenticationRequired
+            messages.info(request, f"Please sign in with {exc.provider} again.")
+    """
 
     default_code = "unsupported_provider"
 
@@ -75,7 +90,13 @@ class TokenRefreshUnavailable(TokenRotationError):
     """The provider is temporarily unavailable; try again later.
 
     Its codes are the transient ones of :data:`ERROR_CODES`. ``retry_at`` says
-    when the next attempt will be made, when known.
+    when the next attempt will be made, when known. Example::
+
+        except TokenRefreshUnavailable as exc:
+            response = render(request, "try_later.html", status=503)
+            if exc.retry_at:
+                response["Retry-After"] = http_date(exc.retry_at.timestamp())
+            return response
     """
 
     permanent = False
@@ -119,7 +140,16 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
         True,
         "the provider rotated the refresh token but its answer was never stored",
     ),
-    "id_token_invalid": (True, "a refreshed OpenID Connect ID token failed validation"),
+    "id_token_invalid": (
+        True,
+        "a refreshed OpenID Connect ID token, validly signed, names another issuer, audience or "
+        "subject; its new refresh token is stored, blocked",
+    ),
+    "refusal_confirmed": (
+        True,
+        "the token endpoint refused the same refresh token twice with HTTP 4xx and no OAuth "
+        "error (glewlwyd's empty HTTP 400)",
+    ),
     "unsupported_provider": (True, "this provider's tokens cannot be refreshed by this app"),
     "provider_not_configured": (True, "the provider or its app cannot be resolved via allauth"),
     "insecure_endpoint": (True, "the provider's endpoint is not HTTPS (nor loopback)"),
@@ -138,12 +168,31 @@ ERROR_CODES: dict[str, tuple[bool, str]] = {
     "malformed_response": (False, "the answer was not a usable token response"),
     "unexpected_response": (False, "a redirect or another unexpected answer"),
     "discovery_failed": (False, "the OpenID Connect discovery document could not be read"),
-    "jwks_unavailable": (False, "the provider's signing keys (JWKS) could not be fetched"),
+    "jwks_unavailable": (
+        False,
+        "the provider's signing keys (JWKS) could not be fetched, or none fits a refreshed ID "
+        "token even after fetching them again; the tokens are stored, not the ID token's claims",
+    ),
+    "id_token_unverified": (
+        False,
+        "a refreshed ID token could not be verified (signature, times beyond "
+        "TOKEN_ROTATION_ID_TOKEN_LEEWAY, claims missing); the tokens are stored, not its claims",
+    ),
+    "refusal_unconfirmed": (
+        False,
+        "the token endpoint answered HTTP 4xx (not 408, 429) without an OAuth error we know; "
+        "the next attempt confirms it",
+    ),
     "refresh_in_progress": (False, "another worker is refreshing and did not finish in time"),
     "backoff": (False, "an earlier attempt failed; waiting before the next one"),
     "in_transaction": (
         False,
         "the refresh could not be made safely inside the caller's open transaction",
+    ),
+    "database_locked": (
+        False,
+        "another transaction held the database's write lock (SQLite) for longer than "
+        "TOKEN_ROTATION_WAIT; nothing sent",
     ),
     "lease_expired": (False, "the lease ran out before the refresh token was sent; nothing sent"),
     "database_error": (False, "the database failed while the refresh was stored"),

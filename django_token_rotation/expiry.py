@@ -74,11 +74,11 @@ def issued_at(token: SocialToken, state: TokenState | None = None) -> datetime.d
 
 def assumed_lifetime(provider: str) -> float | None:
     """Seconds an access token of ``provider`` is assumed to live when nothing
-    says: the provider's documented default (``providers.QUIRKS``), else
-    ``TOKEN_ROTATION_DEFAULT_LIFETIME``."""
-    from .providers import quirks
+    says: the provider's documented default (its :mod:`.providers.registry`
+    entry), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``."""
+    from .providers.registry import entry
 
-    return quirks(provider).lifetime or app_settings.DEFAULT_LIFETIME
+    return entry(provider).lifetime or app_settings.DEFAULT_LIFETIME
 
 
 def lifetime(token: SocialToken, state: TokenState | None = None) -> float | None:

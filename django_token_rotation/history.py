@@ -21,7 +21,7 @@ from django.db import DatabaseError
 from django.dispatch import receiver
 from django.utils import timezone
 
-from . import signals
+from . import signals, transactions
 from .conf import app_settings
 from .models import RefreshEvent
 
@@ -66,7 +66,7 @@ def record(
     keep = app_settings.HISTORY_RETENTION
     if keep <= 0:
         return None
-    db = token._state.db or "default"
+    db = transactions.database(token)
     event = RefreshEvent(
         token_id=token.pk,
         at=timezone.now(),

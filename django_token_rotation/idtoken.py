@@ -2,8 +2,15 @@
 
 A refreshed ID token must be signed by the provider (its JWKS), and carry the
 same ``iss``, the client in ``aud`` and the same ``sub`` as at sign-in. A
-mismatch means the grant no longer belongs to the account it is stored on: a
-security event, and a permanent failure.
+*validated* mismatch (a good signature on another ``iss``, ``aud`` or ``sub``)
+means the grant no longer belongs to the account it is stored on: a security
+event, and a permanent failure (:class:`IdTokenRejected`).
+
+Anything else that keeps an ID token from being verified (the keys cannot be
+fetched, an unknown ``kid`` even after fetching them again, a bad signature,
+times outside ``TOKEN_ROTATION_ID_TOKEN_LEEWAY``, missing claims) is
+:class:`IdTokenUnverified`: the tokens came from the token endpoint itself over
+TLS and are kept, only the account's stored claims are not updated.
 """
 
 from __future__ import annotations
@@ -77,7 +84,11 @@ def _key_set(uri: str, provider: str, *, refetch: bool = False) -> jwt.PyJWKSet:
 
 
 def _signing_key(uri: str, provider: str, id_token: str) -> jwt.PyJWK:
-    """The key of ``id_token``'s ``kid`` (the only key when it names none)."""
+    """The key of ``id_token``'s ``kid`` (the only key when it names none).
+
+    Raises :class:`IdTokenUnverified` (``jwks_unavailable``) when no key fits,
+    even after fetching the keys again (at most once a minute).
+    """
     kid = jwt.get_unverified_header(id_token).get("kid")
     keys = _key_set(uri, provider)
     for attempt in range(2):
@@ -89,13 +100,25 @@ def _signing_key(uri: str, provider: str, id_token: str) -> jwt.PyJWK:
                 return key
         if attempt == 0:
             keys = _key_set(uri, provider, refetch=True)
-    raise jwt.PyJWKClientError(f"no signing key for kid {kid!r}")
+    raise IdTokenUnverified(
+        "No published signing key fits the refreshed ID token (an unknown 'kid').",
+        code="jwks_unavailable",
+        provider=provider,
+    )
 
 
 class IdTokenRejected(ReauthenticationRequired):
-    """A refreshed ID token failed validation: the user must sign in again."""
+    """A refreshed ID token, validly signed, names another issuer, audience or
+    subject: the user must sign in again."""
 
     default_code = "id_token_invalid"
+
+
+class IdTokenUnverified(TokenRefreshUnavailable):
+    """A refreshed ID token could not be verified; its claims are not used, the
+    tokens of the answer are kept."""
+
+    default_code = "id_token_unverified"
 
 
 def expected_subject(token: SocialToken) -> str | None:
@@ -114,15 +137,16 @@ def expected_subject(token: SocialToken) -> str | None:
 def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) -> dict[str, Any]:
     """The claims of ``id_token`` once it passed every check of OIDC Core 12.2.
 
-    Raises :class:`IdTokenRejected` (permanent) when it does not, and
-    :class:`TokenRefreshUnavailable` when the provider's keys cannot be fetched.
+    Raises :class:`IdTokenRejected` (permanent) for a validated mismatch of
+    ``iss``, ``aud`` or ``sub``, and :class:`IdTokenUnverified` (keep the
+    tokens, not the claims) when it cannot be verified.
     """
     assert endpoint.jwks_uri is not None and endpoint.issuer is not None
     provider = endpoint.provider
     client.require_secure(endpoint.jwks_uri, provider=provider)
     left = client.remaining()
     if left is not None and left <= 0:
-        raise TokenRefreshUnavailable(
+        raise IdTokenUnverified(
             "No time left of this refresh's deadline to fetch the signing keys (JWKS).",
             code="jwks_unavailable",
             provider=provider,
@@ -131,39 +155,86 @@ def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) 
     try:
         with client.deadline(app_settings.TIMEOUT):  # within the refresh's, if one runs
             key = _signing_key(endpoint.jwks_uri, provider, id_token)
-    except TokenRefreshUnavailable as exc:
-        exc.token_id = token.pk
-        raise
-    except (jwt.PyJWKClientError, jwt.PyJWTError) as exc:
-        raise _rejected(token, provider, f"no usable signing key ({type(exc).__name__})") from None
-    try:
+        # The signature first: only a signed token can be a validated mismatch.
         claims: dict[str, Any] = jwt.decode(
+            id_token,
+            key.key,
+            algorithms=ALGORITHMS,
+            options={
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except IdTokenUnverified:
+        raise _unverified(token, provider, "an unknown 'kid'", "jwks_unavailable") from None
+    except TokenRefreshUnavailable as exc:  # the keys could not be fetched
+        raise IdTokenUnverified(
+            exc.message, code=exc.code, provider=provider, token_id=token.pk
+        ) from None
+    except (jwt.PyJWKClientError, jwt.PyJWTError) as exc:
+        raise _unverified(token, provider, type(exc).__name__) from None
+    mismatch = _mismatch(claims, endpoint, expected_subject(token))
+    if mismatch:
+        raise _rejected(token, provider, mismatch)
+    try:
+        jwt.decode(
             id_token,
             key.key,
             algorithms=ALGORITHMS,
             audience=endpoint.client_id,
             issuer=endpoint.issuer,
-            leeway=60,
+            leeway=app_settings.ID_TOKEN_LEEWAY,
             options={"require": ["iss", "sub", "aud", "exp", "iat"]},
         )
     except jwt.PyJWTError as exc:
-        raise _rejected(token, provider, type(exc).__name__) from None
-    subject = expected_subject(token)
-    if subject is not None and claims.get("sub") != subject:
-        raise _rejected(token, provider, "'sub' differs from the signed-in account")
+        raise _unverified(token, provider, type(exc).__name__) from None
     return claims
+
+
+def _mismatch(claims: dict[str, Any], endpoint: client.TokenEndpoint, subject: str | None) -> str:
+    """What a validly signed token names differently from the sign-in ("" if nothing)."""
+    if "iss" in claims and claims["iss"] != endpoint.issuer:
+        return "'iss' differs from the provider's issuer"
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if "aud" in claims and endpoint.client_id not in audiences:
+        return "'aud' does not name this client"
+    if subject is not None and "sub" in claims and claims["sub"] != subject:
+        return "'sub' differs from the signed-in account"
+    return ""
 
 
 def _rejected(token: SocialToken, provider: str, why: str) -> IdTokenRejected:
     security_log.warning(
         "Security: the ID token refreshed for token %s of provider %s was rejected: %s. "
-        "The refreshed tokens are discarded; the user must sign in again.",
+        "Its new refresh token is kept for the record, blocked; the user must sign in again.",
         token.pk,
         provider,
         why,
     )
     return IdTokenRejected(
         f"The refreshed ID token was rejected: {why}.",
+        provider=provider,
+        token_id=token.pk,
+    )
+
+
+def _unverified(
+    token: SocialToken, provider: str, why: str, code: str = "id_token_unverified"
+) -> IdTokenUnverified:
+    security_log.warning(
+        "Security: the ID token refreshed for token %s of provider %s could not be "
+        "verified: %s. The tokens are kept; the account's claims are not updated.",
+        token.pk,
+        provider,
+        why,
+    )
+    return IdTokenUnverified(
+        f"The refreshed ID token could not be verified: {why}.",
+        code=code,
         provider=provider,
         token_id=token.pk,
     )

@@ -2,10 +2,10 @@
 action, and the optional revocation on logout and on disconnecting an account.
 
 The endpoint comes from ``TOKEN_ROTATION_REVOCATION_ENDPOINTS``, else the
-OpenID Connect discovery document's ``revocation_endpoint``, else a small table
-of providers known to allauth. The client authenticates exactly as it does to
-refresh (:func:`providers.resolve`), and the request goes through
-:func:`client.revoke_token`. Nothing here logs or returns a token value.
+OpenID Connect discovery document's ``revocation_endpoint``, else the endpoint
+of the provider's registry entry (:mod:`.providers.registry`). The client
+authenticates exactly as it does to refresh (:func:`providers.resolve`), and the
+request goes through :func:`client.revoke_token`. Nothing here logs or returns a token value.
 """
 
 from __future__ import annotations
@@ -23,16 +23,12 @@ from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from . import client, providers
+from . import client, providers, transactions
 from .conf import app_settings
 from .exceptions import TokenRotationError, contained
+from .providers.registry import entry
 
 logger = logging.getLogger("django_token_rotation")
-
-#: RFC 7009 endpoints of allauth providers that do not publish a discovery document.
-KNOWN_ENDPOINTS: dict[str, str] = {
-    "google": "https://oauth2.googleapis.com/revoke",
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,11 @@ def revocation_endpoint(token: SocialToken, *, timeout: float | None = None) -> 
         url = providers.openid_configuration(provider, timeout=timeout).get("revocation_endpoint")
         if isinstance(url, str) and url:
             return url
-    return KNOWN_ENDPOINTS.get(key) or KNOWN_ENDPOINTS.get(str(getattr(provider, "id", "")))
+    return (
+        entry(key).revocation_endpoint
+        or entry(str(getattr(provider, "id", ""))).revocation_endpoint
+        or None
+    )
 
 
 @contained
@@ -98,7 +98,7 @@ def revoke(token: SocialToken, *, timeout: float | None = None, delete: bool = T
         return _outcome(token, exc.code)
     deleted = False
     if delete:
-        SocialToken.objects.using(token._state.db).filter(pk=token.pk).delete()
+        SocialToken.objects.using(transactions.database(token)).filter(pk=token.pk).delete()
         deleted = True
     logger.info(
         "Revoked token %s of provider %s at the provider%s.",
@@ -150,7 +150,11 @@ def revoke_on_logout(
     if user is None or not app_settings.REVOKE_ON_LOGOUT:
         return
     try:
-        tokens = SocialToken.objects.filter(account__user=user).select_related("account", "app")
+        tokens = (
+            SocialToken.objects.using(transactions.database())
+            .filter(account__user=user)
+            .select_related("account", "app")
+        )
         revoke_within(tokens, budget=app_settings.REVOKE_TIMEOUT, delete=True)
     except Exception as exc:  # logout must not fail because of us
         logger.error("Revocation on logout failed (%s).", type(exc).__name__)
@@ -165,7 +169,7 @@ def revoke_on_disconnect(sender: Any, instance: SocialAccount, **kwargs: Any) ->
     if not app_settings.REVOKE_ON_DISCONNECT:
         return
     try:
-        tokens = SocialToken.objects.using(instance._state.db).filter(account=instance)
+        tokens = SocialToken.objects.using(transactions.database(instance)).filter(account=instance)
         revoke_within(
             tokens.select_related("account", "app"),
             budget=app_settings.REVOKE_TIMEOUT,

@@ -26,7 +26,7 @@ from typing import Any
 from allauth.socialaccount.models import SocialToken
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from . import client, idtoken, providers, store, transactions
@@ -183,7 +183,9 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     (SQLite), it raises ``TokenRefreshUnavailable("in_transaction")`` instead
     of calling the provider.
     """
-    alias = token._state.db or DEFAULT_DB_ALIAS
+    if transactions.use_write_database(token):
+        store.reload(token)  # read from a replica: decide on the written values
+    alias = transactions.database(token)
     if transactions.in_callers_transaction(alias):
         if not transactions.can_write_beside(alias):
             raise TokenRefreshUnavailable(
@@ -208,7 +210,57 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 provider=store.provider_key(token),
                 token_id=token.pk,
             ) from None
-    return Flight(token, force=force).run(_refresh_holding)
+    try:
+        with transactions.bounded_busy_wait(alias, app_settings.WAIT):
+            return Flight(token, force=force).run(_refresh_holding)
+    except DatabaseError as exc:
+        if not transactions.is_busy(exc):
+            raise
+        raise TokenRefreshUnavailable(
+            "Another transaction held the database's write lock for longer than "
+            "TOKEN_ROTATION_WAIT.",
+            code="database_locked",
+            provider=store.provider_key(token),
+            token_id=token.pk,
+        ) from None
+
+
+#: Seconds after its refresh during which a token an API refuses is not refreshed
+#: again: a refusal so soon is not about the token's age (a wrong audience or
+#: scope, an API that refuses every token), and would cost a refresh per request.
+REFUSED_SOON_AFTER_REFRESH = 30.0
+
+
+@contained
+@sensitive_variables()
+def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
+    """An API refused ``rejected_access``: refresh ``token`` now, unless the stored
+    access token is no longer that one (another caller refreshed meanwhile: the
+    stored one is returned, refreshed first only if due).
+
+    The fence of the authorized HTTP clients (:mod:`.http`): however many callers
+    see the same 401 at once, one refresh. A recorded back-off or refusal is
+    respected (unlike ``refresh(force=True)``), and a token refreshed less than
+    :data:`REFUSED_SOON_AFTER_REFRESH` seconds ago is returned as it is.
+    """
+    state = store.reload(token)
+    if token.token != rejected_access:
+        access_token_for(token)
+        return token
+    Flight(token, force=False).check_blocked(state)
+    refreshed_at = state.last_refreshed_at
+    if refreshed_at is not None and expiry_module.now() - refreshed_at < datetime.timedelta(
+        seconds=REFUSED_SOON_AFTER_REFRESH
+    ):
+        logger.warning(
+            "An API refused token %s of provider %s within %d s of its refresh; "
+            "not refreshing it again so soon.",
+            token.pk,
+            store.provider_key(token),
+            REFUSED_SOON_AFTER_REFRESH,
+        )
+        return token
+    return refresh(token, force=True)
 
 
 # --------------------------------------------------------------------------
@@ -250,7 +302,7 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
     token = flight.token
     endpoint = providers.resolve(token)
     client.require_secure(endpoint.url, provider=endpoint.provider)
-    alias = token._state.db or DEFAULT_DB_ALIAS
+    alias = transactions.database(token)
     if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
         # An open transaction (perhaps the caller's own) holds the token's row:
         # the answer could not be stored, so the refresh token is not sent.
@@ -277,32 +329,22 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
             provider=store.provider_key(token),
             token_id=token.pk,
         )
+    transactions.before_send(alias)
     started = time.monotonic()
     flight.sent = True
     try:
         answer = client.refresh_token_grant(endpoint, sent)
-    except ReauthenticationRequired as exc:
+    except TokenRotationError as exc:
         return _refused(token, exc, sent, replay, started)
-    except TokenRefreshUnavailable as exc:
-        store.record_transient(token, exc, elapsed=time.monotonic() - started)
-        raise
-    if answer.refused is not None:
-        error = store.store_refresh_token(
-            token, answer, sent, error=answer.refused, elapsed=time.monotonic() - started
-        )
-        if error is None:
-            return token
-        raise error
-    claims = _checked_id_token(token, endpoint, answer)
-    if isinstance(claims, ReauthenticationRequired):
-        return _refused(token, claims, sent, replay, started)
+    verdict = _checked_id_token(token, endpoint, answer)
     if store.store_answer(
         token,
         answer,
         sent,
         lease_id=flight.lease_id,
         elapsed=time.monotonic() - started,
-        claims=claims,
+        id_token=verdict,
+        replay=replay,
     ):
         flight.released = True
     return token
@@ -310,16 +352,14 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
 
 def _refused(
     token: SocialToken,
-    exc: ReauthenticationRequired,
+    exc: TokenRotationError,
     sent: str,
     replay: bool,
     started: float,
 ) -> SocialToken:
-    """Record the provider's refusal and raise it, or adopt the token that
+    """Record the provider's error answer and raise it, or adopt the token that
     another worker stored meanwhile."""
-    error = store.record_refusal(
-        token, exc, sent, replay=replay, elapsed=time.monotonic() - started
-    )
+    error = store.record_error(token, exc, sent, replay=replay, elapsed=time.monotonic() - started)
     if error is None:
         return token
     raise error
@@ -385,6 +425,7 @@ __all__ = [
     "needs_refresh",
     "refresh",
     "refresh_blocker",
+    "refresh_if_current",
     "refused",
     "state_of",
 ]

@@ -1,10 +1,12 @@
 """The stored token and its state: what the engine reads, and the outcome it writes.
 
-The new token is written with a compare-and-swap on the refresh token that
-was sent, so an older answer can never overwrite a newer token. The state
-changes themselves are :class:`~django_token_rotation.models.TokenState`
-queryset methods; this module decides which one an outcome calls, logs it and
-sends the signal.
+An answer is first interpreted (:mod:`.answers`: pure functions of the answer
+and what was sent), then its outcome written here: the new
+token with a compare-and-swap on the refresh token that was sent, so an older
+answer can never overwrite a newer token, and a refresh token the provider
+issued is never dropped. The state changes themselves are
+:class:`~django_token_rotation.models.TokenState` queryset methods; this module
+decides which one an outcome calls, logs it and sends the signal.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connectio
 from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
-from . import client, expiry, signals
+from . import client, expiry, signals, transactions
+from .answers import CONFIRMED, UNCONFIRMED, Outcome, Verdict, interpret, judge_error
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
-from .models import TokenState, TokenStateQuerySet, fingerprint
+from .models import RefreshEvent, TokenState, TokenStateQuerySet, fingerprint
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -39,7 +42,8 @@ def provider_key(token: SocialToken) -> str:
 def newest_first(**lookups: Any) -> QuerySet[SocialToken]:
     """Tokens with what the engine reads, the one that expires last (the newest) first."""
     tokens: QuerySet[SocialToken] = (
-        SocialToken.objects.filter(**lookups)
+        SocialToken.objects.using(transactions.database())
+        .filter(**lookups)
         .select_related("account", "app", "rotation_state")
         .order_by(F("expires_at").desc(nulls_last=True), "-pk")
     )
@@ -47,7 +51,12 @@ def newest_first(**lookups: Any) -> QuerySet[SocialToken]:
 
 
 def state_of(token: SocialToken) -> TokenState | None:
-    """The token's ``TokenState`` if it has one (no query when it was selected)."""
+    """The token's ``TokenState`` if it has one (no query when it was selected;
+    else read from the token's write database, never a replica)."""
+    relation = SocialToken._meta.get_field("rotation_state")
+    if not relation.is_cached(token):
+        state = states(token).filter(pk=token.pk).first()
+        relation.set_cached_value(token, state)
     try:
         return token.rotation_state  # type: ignore[no-any-return]
     except TokenState.DoesNotExist:
@@ -56,7 +65,7 @@ def state_of(token: SocialToken) -> TokenState | None:
 
 def states(token: SocialToken) -> TokenStateQuerySet:
     """``TokenState`` rows in the token's own database (multi-database sites)."""
-    return TokenState.objects.using(token._state.db)
+    return TokenState.objects.using(transactions.database(token))
 
 
 def gone(token: SocialToken) -> ReauthenticationRequired:
@@ -114,24 +123,49 @@ def store_answer(
     *,
     lease_id: str,
     elapsed: float,
-    claims: dict[str, Any] | None = None,
+    id_token: Verdict = None,
+    replay: bool = False,
 ) -> bool:
-    """Store a successful answer, unless another worker stored a newer token
-    meanwhile (then ``token`` is reloaded). Returns whether it was written with
-    its bookkeeping, which also released the lease."""
-    now = expiry.now()
-    new_secret = answer.refresh_token or sent
-    # An answer without expires_in (and an opaque access token) keeps the
-    # lifetime of the token it replaces, else the provider's or the default one.
-    expires_at = expiry.expires_at(
-        answer.expires_in,
-        answer.access_token,
-        now,
-        previous=expiry.lifetime(token, state_of(token)),
+    """Interpret a successful answer and write its outcome. Returns whether the
+    new tokens were written with their bookkeeping (which released the lease);
+    raises the outcome's error once what must be kept is written. When another
+    worker stored a newer token meanwhile, ``token`` is reloaded and nothing is
+    written."""
+    outcome = interpret(
+        answer,
+        sent,
+        id_token=id_token,
+        now=expiry.now(),
+        previous_lifetime=expiry.lifetime(token, state_of(token)),
         provider=provider_key(token),
     )
-    refresh_expires_at = _refresh_expires_at(answer, now)
-    rotated = answer.refresh_token is not None and answer.refresh_token != sent
+    if outcome.refresh_token is None:
+        assert outcome.error is not None
+        error = record_error(token, outcome.error, sent, replay=replay, elapsed=elapsed)
+        if error is not None:
+            raise error
+        return False
+    if outcome.access_token is None:
+        assert outcome.error is not None
+        error = _write_refresh_token(token, outcome, sent, elapsed=elapsed)
+        if error is not None:
+            raise error
+        return False
+    return _write_tokens(token, outcome, sent, lease_id=lease_id, elapsed=elapsed)
+
+
+@sensitive_variables()
+def _write_tokens(
+    token: SocialToken, outcome: Outcome, sent: str, *, lease_id: str, elapsed: float
+) -> bool:
+    """Write the new tokens with a compare-and-swap on the refresh token sent."""
+    assert outcome.access_token is not None and outcome.refresh_token is not None
+    values = {
+        "token": outcome.access_token,
+        "token_secret": outcome.refresh_token,
+        "expires_at": outcome.expires_at,
+    }
+    now = expiry.now()
     written = 0
     # Inside a transaction here only in a test case's wrapper (see
     # transactions.py): a savepoint keeps that usable after an error.
@@ -146,19 +180,24 @@ def store_answer(
             written = (
                 SocialToken.objects.using(token._state.db)
                 .filter(pk=token.pk, token_secret=sent)
-                .update(token=answer.access_token, token_secret=new_secret, expires_at=expires_at)
+                .update(**values)
             )
             if written:
-                outcome = states(token).record_success(
-                    token.pk, lease_id=lease_id, at=now, refresh_expires_at=refresh_expires_at
+                recorded = states(token).record_success(
+                    token.pk,
+                    lease_id=lease_id,
+                    at=now,
+                    refresh_expires_at=outcome.refresh_expires_at,
                 )
-                if claims is not None:
-                    store_claims(token, claims)
+                if outcome.claims is not None:
+                    store_claims(token, outcome.claims)
                 send_on_commit(
                     signals.token_refreshed,
                     token=token,
                     provider=provider_key(token),
-                    rotated=rotated,
+                    outcome=RefreshEvent.Outcome.REFRESHED,
+                    code=None,
+                    rotated=outcome.rotated,
                     duration=elapsed,
                 )
     except DatabaseError:
@@ -171,11 +210,7 @@ def store_answer(
                 token.pk,
                 provider_key(token),
             )
-            token.token, token.token_secret, token.expires_at = (
-                answer.access_token,
-                new_secret,
-                expires_at,
-            )
+            token.token, token.token_secret, token.expires_at = values.values()
             return False
         raise _answer_lost(token, "the refreshed token", "The refreshed token") from None
     if not written:
@@ -188,14 +223,10 @@ def store_answer(
         )
         return False
     # What was just written, without reading it back.
-    token.token, token.token_secret, token.expires_at = (
-        answer.access_token,
-        new_secret,
-        expires_at,
-    )
+    token.token, token.token_secret, token.expires_at = values.values()
     state = state_of(token)
     if state is not None:
-        for name, value in outcome.items():
+        for name, value in recorded.items():
             setattr(state, name, value)
         state.refresh_count += 1
         state.lease_id, state.lease_expires_at = "", None
@@ -204,35 +235,21 @@ def store_answer(
         token.pk,
         provider_key(token),
         elapsed * 1000,
-        "refresh token rotated" if rotated else "refresh token kept",
+        "refresh token rotated" if outcome.rotated else "refresh token kept",
     )
     return True
 
 
-def _refresh_expires_at(
-    answer: client.TokenResponse, now: datetime.datetime
-) -> datetime.datetime | None:
-    if not answer.refresh_expires_in:
-        return None
-    return now + datetime.timedelta(seconds=answer.refresh_expires_in)
-
-
 @sensitive_variables()
-def store_refresh_token(
-    token: SocialToken,
-    answer: client.TokenResponse,
-    sent: str,
-    *,
-    error: TokenRotationError,
-    elapsed: float,
+def _write_refresh_token(
+    token: SocialToken, outcome: Outcome, sent: str, *, elapsed: float
 ) -> TokenRotationError | None:
-    """The answer was refused for its access token (``error``) but carries a new
-    refresh token: store that one (the one sent may be spent at a rotating
-    provider), keep the access token, and record ``error``. Returns the error
-    to raise, or ``None`` when another worker stored a newer token meanwhile
-    (``token`` is reloaded)."""
-    new_secret = answer.refresh_token
-    assert new_secret is not None
+    """The answer is refused (``outcome.error``) but carries a new refresh token:
+    store that one (the one sent may be spent at a rotating provider), keep the
+    access token, and record the error. Returns the error to raise, or ``None``
+    when another worker stored a newer token meanwhile (``token`` is reloaded)."""
+    new_secret, error = outcome.refresh_token, outcome.error
+    assert new_secret is not None and error is not None
     try:
         with transaction.atomic(using=token._state.db):
             written = (
@@ -242,7 +259,7 @@ def store_refresh_token(
             )
             if written:
                 states(token).record_new_refresh_token(
-                    token.pk, refresh_expires_at=_refresh_expires_at(answer, expiry.now())
+                    token.pk, refresh_expires_at=outcome.refresh_expires_at
                 )
     except DatabaseError:
         raise _answer_lost(token, "the new refresh token of token", "The refresh token") from None
@@ -251,7 +268,7 @@ def store_refresh_token(
         return None
     token.token_secret = new_secret
     logger.warning(
-        "Provider %s answered the refresh of token %s with an unusable access token (%s); "
+        "Provider %s answered the refresh of token %s with an unusable answer (%s); "
         "its new refresh token was stored.",
         provider_key(token),
         token.pk,
@@ -268,12 +285,18 @@ def store_refresh_token(
 
 
 @sensitive_variables()
-def record_refusal(
-    token: SocialToken, exc: ReauthenticationRequired, sent: str, *, replay: bool, elapsed: float
-) -> ReauthenticationRequired | None:
-    """The provider refused ``sent``. Returns the error to raise, or ``None``
-    when another worker rotated the token meanwhile (``token`` now holds it)."""
-    reload(token)
+def record_error(
+    token: SocialToken, exc: TokenRotationError, sent: str, *, replay: bool, elapsed: float
+) -> TokenRotationError | None:
+    """The provider answered the refresh of ``sent`` with an error (or refused
+    its answer's ID token). Records it and returns the error to raise, or
+    ``None`` when another worker rotated the token meanwhile (``token`` now
+    holds it)."""
+    if not isinstance(exc, ReauthenticationRequired) and exc.code != UNCONFIRMED:
+        assert isinstance(exc, TokenRefreshUnavailable)
+        record_transient(token, exc, elapsed=elapsed)
+        return exc
+    state = reload(token)
     if token.token_secret != sent:
         # Someone else rotated the token after we read it: the provider
         # refused a refresh token that is no longer ours to use.
@@ -284,7 +307,15 @@ def record_refusal(
             token.pk,
         )
         return None
-    if exc.code == "invalid_grant" and replay:
+    code = judge_error(exc.code, replay=replay, previous_error=state.last_error)
+    if code == UNCONFIRMED:
+        assert isinstance(exc, TokenRefreshUnavailable)
+        # Not processed, unless the refresh token sent may have been spent by
+        # an earlier attempt whose answer was lost (then the confirming retry
+        # is still a replay).
+        record_transient(token, exc, elapsed=elapsed, not_processed=not replay)
+        return exc
+    if code == "lost_rotation":
         exc = ReauthenticationRequired(
             "The refresh token had been sent before by an attempt whose answer was never "
             "stored (a worker died or a database write failed); the provider rotated it "
@@ -299,6 +330,15 @@ def record_refusal(
             token.pk,
             provider_key(token),
         )
+    elif code == CONFIRMED:
+        exc = ReauthenticationRequired(
+            "The token endpoint refused this refresh token twice without saying why "
+            "(HTTP 4xx without an OAuth error): the user must sign in again.",
+            code=CONFIRMED,
+            provider=provider_key(token),
+            token_id=token.pk,
+        )
+    assert isinstance(exc, ReauthenticationRequired)
     _record_permanent(token, exc, sent, elapsed=elapsed)
     return exc
 
@@ -322,6 +362,7 @@ def _record_permanent(
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_PERMANENT,
         code=exc.code,
         permanent=True,
         retry_at=None,
@@ -329,9 +370,17 @@ def _record_permanent(
     )
 
 
-def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapsed: float) -> None:
+def record_transient(
+    token: SocialToken,
+    exc: TokenRefreshUnavailable,
+    *,
+    elapsed: float,
+    not_processed: bool | None = None,
+) -> None:
     """A transient failure: set the back-off (at least the provider's
-    ``Retry-After``) on ``exc`` and in the state."""
+    ``Retry-After``) on ``exc`` and in the state. ``not_processed`` (default:
+    from the code, :data:`NOT_PROCESSED`): the provider certainly did not
+    rotate anything."""
     state = load_state(token)
     failures = state.consecutive_failures + 1
     now = expiry.now()
@@ -347,7 +396,7 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
         code=exc.code,
         failures=failures,
         retry_at=retry_at,
-        not_processed=exc.code in NOT_PROCESSED,
+        not_processed=exc.code in NOT_PROCESSED if not_processed is None else not_processed,
     )
     logger.warning(
         "Refresh of token %s of provider %s failed (%s, attempt %d); next attempt after %s.",
@@ -361,6 +410,7 @@ def record_transient(token: SocialToken, exc: TokenRefreshUnavailable, *, elapse
         signals.token_refresh_failed,
         token=token,
         provider=provider_key(token),
+        outcome=RefreshEvent.Outcome.FAILED_TRANSIENT,
         code=exc.code,
         permanent=False,
         retry_at=retry_at,

@@ -19,6 +19,16 @@ dropped, ``NOTIFY`` sent inside a transaction that commits later, another
 database than PostgreSQL) only costs what polling costs. The listener
 reconnects on its own, backing off up to :data:`RECONNECT_MAX` seconds.
 
+Before it counts as listening, the listener sends itself a probe ``NOTIFY``
+from another connection. Behind a transaction-pooling proxy (pgbouncer's
+``pool_mode = transaction``) a ``LISTEN`` stays on a server connection that
+goes back to the pool, and the probe never arrives: the listener says so in
+one log line and stops for good; waiters poll (docs/databases.rst).
+
+No connection of ours outlives a test database: :func:`stop` closes them all,
+and is called whenever Django opens its "no database" connection, which it
+does before it creates or drops a test database (docs/testing.rst).
+
 Usage in a wait loop::
 
     since = wakeup.version(token)    # before re-reading the token
@@ -33,6 +43,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 from django.db import connections
@@ -43,6 +54,11 @@ logger = logging.getLogger("django_token_rotation")
 CHANNEL = "django_token_rotation"
 #: Longest pause (seconds) between two attempts to (re)open the listening connection.
 RECONNECT_MAX = 30.0
+#: Seconds the listener waits for its own probe ``NOTIFY`` before it concludes
+#: that notifications cannot reach it (a transaction-pooling proxy).
+PROBE_TIMEOUT = 5.0
+#: Payloads of probes start with this (token ids are numbers).
+PROBE_PREFIX = "probe-"
 
 #: (database alias, token id as text): the same for the id a waiter holds and
 #: the payload a notification carries.
@@ -162,6 +178,10 @@ def _can_listen(alias: str) -> bool:
     return (major, minor) >= (3, 2)  # notifies(timeout=...)
 
 
+class NotificationsDoNotArrive(Exception):
+    """The listener's probe ``NOTIFY`` never reached it."""
+
+
 class _Listener(threading.Thread):
     """One dedicated autocommit connection per database that ``LISTEN``s on :data:`CHANNEL`."""
 
@@ -178,6 +198,16 @@ class _Listener(threading.Thread):
             try:
                 self._listen()
                 pause = 0.5
+            except NotificationsDoNotArrive:
+                logger.warning(
+                    "Token wake-ups from database %r are off: a NOTIFY did not reach the "
+                    "listening connection within %s s (a transaction-pooling proxy such as "
+                    "pgbouncer?). Waiters poll.",
+                    self.alias,
+                    PROBE_TIMEOUT,
+                )
+                self._close()
+                return
             except Exception as exc:
                 logger.warning(
                     "Token wake-ups from database %r are off (%s); waiters poll meanwhile.",
@@ -193,13 +223,34 @@ class _Listener(threading.Thread):
     def _listen(self) -> None:
         self.connection = _connect(self.alias)
         self.connection.execute(f'LISTEN "{CHANNEL}"')
+        self._probe()
         self.connected.set()
         while not self.stopping.is_set():
             for note in self.connection.notifies(timeout=1.0):
-                _bump((self.alias, note.payload))
+                if not note.payload.startswith(PROBE_PREFIX):
+                    _bump((self.alias, note.payload))
             # A dead connection raises from notifies(); an idle one just times out.
             if self.connection.closed:
                 raise ConnectionError("the listening connection closed")
+
+    def _probe(self) -> None:
+        """Raise :class:`NotificationsDoNotArrive` unless a ``NOTIFY`` sent from
+        another connection reaches this one."""
+        payload = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        sender = _connect(self.alias)
+        try:
+            sender.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+        finally:
+            sender.close()
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
+            for note in self.connection.notifies(timeout=left):
+                if note.payload == payload:
+                    return
+                if not note.payload.startswith(PROBE_PREFIX):
+                    _bump((self.alias, note.payload))
+        if not self.stopping.is_set():
+            raise NotificationsDoNotArrive
 
     def _close(self) -> None:
         connection, self.connection = self.connection, None
@@ -212,8 +263,9 @@ class _Listener(threading.Thread):
         self._close()
 
 
-def _reset() -> None:
-    """Stop the listeners and forget every wake-up (tests)."""
+def stop() -> None:
+    """Close every connection of this module (the listeners and the notifiers);
+    the next wait opens what it needs again."""
     with _listeners_guard:
         for listener in _listeners.values():
             if listener is not None:
@@ -224,6 +276,11 @@ def _reset() -> None:
             with contextlib.suppress(Exception):
                 notifier.close()
         _notifiers.clear()
+
+
+def _reset() -> None:
+    """Stop the listeners and forget every wake-up (tests)."""
+    stop()
     with _changed:
         _versions.clear()
 

@@ -59,7 +59,9 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "django_token_rotation.context_processors.token_session",
-            ]
+            ],
+            # |when and |ms: times and durations in the admin's format.
+            "builtins": ["example_project.formatting"],
         },
     }
 ]

@@ -12,6 +12,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tests import scripted_server
+from tests.glewlwyd import fixture as glewlwyd
+from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
 from tests.helpers import IN_CI, SECRETS, MakeToken
 
 
@@ -26,7 +28,35 @@ def _unavailable_servers() -> dict[str, str]:
         )
     if not django_settings.MARIADB_AVAILABLE:
         problems["mariadb"] = django_settings.MARIADB_PROBLEM
+    if not django_settings.PGBOUNCER_AVAILABLE:
+        problems["pgbouncer"] = (
+            f"pgbouncer (or PostgreSQL) not reachable at {django_settings.PGBOUNCER_HOST}:"
+            f"{django_settings.PGBOUNCER_PORT} (start it: bash .ci/services/pgbouncer.sh)"
+        )
+    glewlwyd_problem = glewlwyd.problem()
+    if glewlwyd_problem:
+        problems["glewlwyd"] = glewlwyd_problem
     return problems
+
+
+def _reading_from_the_replica(items: list[pytest.Item]) -> None:
+    """Shape "replica" (tests/settings.py): the router reads from the ``replica``
+    alias, so every database test may use it."""
+    if "replica" not in django_settings.DATABASES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if marker is None and not fixtures & {"db", "transactional_db"}:
+            continue
+        args = marker.args if marker is not None else ()
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        if marker is None and "transactional_db" in fixtures:
+            kwargs["transaction"] = True
+        databases = kwargs.get("databases") or ["default"]
+        if databases != "__all__" and "replica" not in databases:
+            kwargs["databases"] = [*databases, "replica"]
+        item.add_marker(pytest.mark.django_db(*args, **kwargs), append=False)
 
 
 #: The modules `nox -s shapes` runs once per shape of tests/settings.py (marked
@@ -51,6 +81,7 @@ SHAPES_DB_MODULES = {"test_transactions", "test_concurrency", "test_deadline", "
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _reading_from_the_replica(items)
     for item in items:
         if item.path.stem in SHAPES_MODULES:
             item.add_marker(pytest.mark.shapes)

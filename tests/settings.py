@@ -51,6 +51,8 @@ INSTALLED_APPS = [
     # under socialaccount (a phantom migration for every later test).
     "allauth.socialaccount.providers.openid",
     "tests.fakeprovider",
+    # allauth headless (browser and app clients; tests/test_headless.py), served at /_allauth/.
+    "allauth.headless",
     "django_token_rotation",
 ]
 
@@ -189,6 +191,29 @@ if MARIADB_AVAILABLE:
     # Not this package's model: a MariaDB site sees the same warning from allauth.
     SILENCED_SYSTEM_CHECKS = ["models.W036"]
 
+# Pools and proxies in front of the PostgreSQL test database (docs/databases.rst):
+# Django's psycopg pool ("postgres_pool") and pgbouncer in transaction mode
+# ("pgbouncer", 127.0.0.1:6432, started by .ci/services/pgbouncer.sh). Mirrors of
+# "postgres": the same database through another road.
+if POSTGRES_AVAILABLE and importlib.util.find_spec("psycopg_pool") is not None:
+    DATABASES["postgres_pool"] = {
+        **PG,
+        "OPTIONS": {"pool": {"min_size": 2, "max_size": 2, "timeout": 10}},
+        "TEST": {"MIRROR": "postgres"},
+    }
+PGBOUNCER_HOST = os.environ.get("TOKEN_ROTATION_TEST_PGBOUNCER_HOST", "127.0.0.1")
+PGBOUNCER_PORT = os.environ.get("TOKEN_ROTATION_TEST_PGBOUNCER_PORT", "6432")
+PGBOUNCER_AVAILABLE = POSTGRES_AVAILABLE and _reachable(PGBOUNCER_HOST, int(PGBOUNCER_PORT))
+if PGBOUNCER_AVAILABLE:
+    DATABASES["pgbouncer"] = {
+        **PG,
+        "HOST": PGBOUNCER_HOST,
+        "PORT": PGBOUNCER_PORT,
+        # Transaction pooling: no server-side cursors (Django's docs).
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "TEST": {"MIRROR": "postgres"},
+    }
+
 
 # -- shapes ----------------------------------------------------------------------
 # The shapes real sites have, switched on from the environment, several at once:
@@ -273,9 +298,13 @@ def _default_mariadb() -> None:
     }
 
 
-#: Shape name -> what it changes. h-db: the read-replica router (``replica``) and
-#: pgbouncer (``pgbouncer``) shapes go here, each a function as above.
+def _replica() -> None:
+    """Applied at the end of this module, after a worker's own database is set."""
+
+
+#: Shape name -> what it changes.
 SHAPES = {
+    "replica": _replica,
     "usetz_false": _usetz_false,
     "atomic_requests": _atomic_requests,
     "conn_max_age": _conn_max_age,
@@ -304,3 +333,12 @@ for _shape in sorted(ACTIVE_SHAPES, key=lambda name: name not in _ORDER):
 # A worker process of the concurrency tests gets the exact database it must use.
 if os.environ.get("TOKEN_ROTATION_TEST_WORKER_DB"):
     DATABASES = {"default": json.loads(os.environ["TOKEN_ROTATION_TEST_WORKER_DB"])}
+
+# Site shapes (TOKEN_ROTATION_TEST_SHAPES, comma-separated). "replica": the
+# primary/replica router of Django's guide, reads from a read-only replica of
+# "default" (see tests/routers.py and docs/databases.rst).
+if "replica" in os.environ.get("TOKEN_ROTATION_TEST_SHAPES", "").split(","):
+    from tests.routers import read_only_replica
+
+    DATABASES["replica"] = read_only_replica(DATABASES["default"], "default")
+    DATABASE_ROUTERS = ["tests.routers.PrimaryReplicaRouter"]

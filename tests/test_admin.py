@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_token_rotation import history, rotation
+from django_token_rotation import health, history, rotation
 from django_token_rotation.admin import mask
 from django_token_rotation.models import RefreshEvent, TokenState
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
@@ -502,11 +502,11 @@ def test_token_page_error_and_history_are_readable(admin_client: Client, make_to
     text = body.decode()
     assert f"of token {token.pk}" not in text  # no raw str() captions in the history
     assert "failed, sign-in required" in text and "x_code" in text
-    assert f"{timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text  # seconds, one format
+    assert health.format_time(now) in text  # seconds, one format
     assert "last error at" not in text.lower()
     TokenState.objects.filter(token=token).update(last_error="invalid_grant")
     text = admin_client.get(f"/admin/socialaccount/socialtoken/{token.pk}/change/").content.decode()
-    assert f"invalid_grant, {timezone.localtime(now):%Y-%m-%d %H:%M:%S}" in text
+    assert f"invalid_grant, {health.format_time(now)}" in text
 
 
 # -- how the pages read ---------------------------------------------------------

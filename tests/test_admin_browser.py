@@ -3,15 +3,17 @@ driven by Playwright logs into the admin of a live server and reads the list.
 
 Skipped, with the reason, where Chromium or Playwright is missing; under
 ``CI=true`` their absence fails the run instead (``.ci/run`` installs both).
-A screenshot of the list is saved under ``test-artifacts/``; with
-``TOKEN_ROTATION_UPDATE_SCREENSHOT=1`` it also replaces the README's copy,
-``docs/admin-token-list.png``.
+Screenshots at 1280 px (the token list, a token's page, the refresh history)
+are saved under ``test-artifacts/``; ``make screenshots`` (which sets
+``TOKEN_ROTATION_UPDATE_SCREENSHOT=1``) also copies them to ``docs/admin-*.png``,
+the pictures of docs/admin.rst.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 from typing import Any
 
@@ -24,7 +26,7 @@ from django_token_rotation import rotation
 from django_token_rotation.models import RefreshEvent, TokenState
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, requires_browser
 
-README_COPY = ROOT / "docs" / "admin-token-list.png"
+DOCS = ROOT / "docs"
 
 pytestmark = requires_browser("the admin browser test")
 
@@ -91,6 +93,7 @@ def test_operator_sees_the_token_list(server: Any) -> None:
     from playwright.sync_api import sync_playwright
 
     _seed()  # all database work before Playwright starts its event loop
+    ada = _pk("ada")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "admin-token-list.png"
     with sync_playwright() as p:
@@ -117,12 +120,37 @@ def test_operator_sees_the_token_list(server: Any) -> None:
             page.screenshot(path=str(shot))
             page.goto(f"{server.url}/admin/socialaccount/socialtoken/?status=sign_in_required")
             filtered = page.inner_text("#result_list")
+
+            # A token's page: the masked tokens, its state, its history.
+            page.goto(f"{server.url}/admin/socialaccount/socialtoken/{ada}/change/")
+            token_page = page.inner_text("#content")
+            page.screenshot(path=str(ARTIFACTS / "admin-token-page.png"), full_page=True)
+
+            # The refresh history fits 1280 px: no sideways scroll, each time on one line.
+            page.goto(f"{server.url}/admin/token_rotation/refreshevent/")
+            page.wait_for_selector("#result_list")
+            history_overflow = page.evaluate(
+                "() => { const r = document.querySelector('.results');"
+                " return r.scrollWidth - r.clientWidth; }"
+            )
+            history_rights = page.eval_on_selector_all(
+                "#result_list th, #result_list td",
+                "cells => cells.map(c => c.getBoundingClientRect().right)",
+            )
+            # Lines each time takes (one line box per line of an inline span).
+            time_lines = page.eval_on_selector_all(
+                "#result_list tbody .field-at_display span",
+                "spans => spans.map(s => s.getClientRects().length)",
+            )
+            history_headers = page.inner_text("#result_list thead")
+            history_title = page.inner_text("#content h1")
+            page.screenshot(path=str(ARTIFACTS / "admin-refresh-history.png"))
         finally:
             browser.close()
 
     assert overflow <= 0, f"the token list scrolls sideways by {overflow} px at 1280 px"
     assert max(rights) <= 1280, rights
-    for header in ("STATUS", "EXPIRES", "LAST ERROR", "REFRESH TOKEN"):
+    for header in ("STATUS", "ACCESS TOKEN EXPIRES", "LAST ERROR", "REFRESH TOKEN EXPIRES"):
         assert header in headers.upper()
     for label in ("fresh", "expiring soon", "expired", "refresh failing (transient)"):
         assert label in text
@@ -131,6 +159,20 @@ def test_operator_sees_the_token_list(server: Any) -> None:
     assert "edsger" in filtered and "ada" not in filtered
     assert ACCESS not in html and REFRESH not in html
     assert shot.stat().st_size > 10_000
+    assert "…" in token_page and ACCESS not in token_page
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", token_page)
+    assert "200 ms" in token_page  # durations in ms
+
+    assert history_overflow <= 0, f"the history scrolls sideways by {history_overflow} px"
+    assert max(history_rights) <= 1280, history_rights
+    assert time_lines and set(time_lines) == {1}, time_lines
+    assert "DURATION" in history_headers.upper()
+    assert "refresh event" in history_title.lower()
+
     if os.environ.get("TOKEN_ROTATION_UPDATE_SCREENSHOT") == "1":
-        README_COPY.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, README_COPY)
+        for name in ("admin-token-list.png", "admin-token-page.png", "admin-refresh-history.png"):
+            shutil.copyfile(ARTIFACTS / name, DOCS / name)
+
+
+def _pk(username: str) -> int:
+    return int(SocialToken.objects.get(account__uid=username).pk)

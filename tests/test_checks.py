@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp
 from django.core.management import call_command
+from django.db import connections
 
 from django_token_rotation import checks
+from tests.helpers import free_port
 
 OURS = "django_token_rotation.middleware.TokenRefreshMiddleware"
 
@@ -249,3 +253,62 @@ def test_a_database_openid_connect_app_with_the_default_scope_gets_w007() -> Non
     messages = checks.check_offline_access_database_apps(databases=["default"])
     assert ids(messages) == ["token_rotation.W007"]
     assert "offline_access" in messages[0].msg
+
+
+def test_an_invalid_timeout_is_reported_once_not_raised(settings: Any) -> None:
+    # E006 compares LEASE with TIMEOUT: it cannot when TIMEOUT itself is invalid.
+    settings.TOKEN_ROTATION_TIMEOUT = "slow"
+    # The LEASE derived from it fails with TIMEOUT's error: one message, TIMEOUT's link.
+    [message] = checks.check_setup()
+    assert message.id == "token_rotation.E005"
+    assert message.msg.startswith("TOKEN_ROTATION_TIMEOUT must be a number")
+    assert (message.hint or "").endswith("#token-rotation-timeout")
+
+
+def test_provider_errors_shapes_no_answer_can_match(settings: Any) -> None:
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = {
+        "fake": {"invalid_grant": "invalid_grant", "HTTP 400!": "invalid_grant"}
+    }
+    [message] = checks.check_provider_errors()
+    assert message.id == "token_rotation.W010"
+    assert "'HTTP 400!'" in message.msg
+
+
+def test_invalid_provider_errors_are_left_to_e005(settings: Any) -> None:
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = ["not", "a", "dict"]
+    assert checks.check_provider_errors() == []
+    assert "token_rotation.E005" in ids(checks.check_setup())
+
+
+@contextmanager
+def extra_database(alias: str, **database: Any) -> Iterator[None]:
+    """``alias`` added to the connections for the block (as ``check --database`` meets it)."""
+    configured = connections.configure_settings(
+        {"default": connections.settings["default"], alias: database}
+    )
+    connections.settings[alias] = configured[alias]
+    try:
+        yield
+    finally:
+        connections[alias].close()
+        del connections.settings[alias]
+        del connections[alias]
+
+
+def test_a_database_without_tables_yet_is_skipped(tmp_path: Any, django_db_blocker: Any) -> None:
+    # ``migrate`` on a new database runs the database checks before any table exists.
+    empty = str(tmp_path / "empty.sqlite3")
+    with (
+        django_db_blocker.unblock(),
+        extra_database("empty", ENGINE="django.db.backends.sqlite3", NAME=empty),
+    ):
+        assert checks.check_offline_access_database_apps(databases=["empty"]) == []
+
+
+def test_an_unreachable_database_is_skipped(django_db_blocker: Any) -> None:
+    nowhere = {"HOST": "127.0.0.1", "PORT": str(free_port()), "NAME": "x", "USER": "x"}
+    with (
+        django_db_blocker.unblock(),
+        extra_database("nowhere", ENGINE="django.db.backends.postgresql", **nowhere),
+    ):
+        assert checks.check_offline_access_database_apps(databases=["nowhere"]) == []

@@ -5,7 +5,9 @@ It does what the README promises a visitor: sign in through the provider's own
 login and consent pages, wait past the access token's expiry, load a page and
 call the API (the token rotated, no prompt), revoke the grant with the button,
 load a page (the "sign in again" prompt), press the prompt's button and sign in
-again (prompt gone). Screenshots of each state go to ``test-artifacts/demo-*.png``.
+again (prompt gone). allauth's own pages (sign-in, "cancelled") wear the demo's
+layout. Screenshots of each state, at 1280 px, go to ``test-artifacts/demo-*.png``;
+``make screenshots`` also copies those the manual shows to ``docs/``.
 
 Skipped, with the reason, where Chromium or Playwright is missing; under
 ``CI=true`` their absence fails the run instead (``.ci/run`` installs both).
@@ -14,7 +16,9 @@ Skipped, with the reason, where Chromium or Playwright is missing; under
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, requires_browser
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, requires_browser
 from tests.test_demo import DEMO_USER, Demo, running_demo
 
 if TYPE_CHECKING:
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
 # 20 s tokens are due 10 s after they are issued, and expired 10 s later.
 ACCESS_TOKEN_SECONDS = 20
 TIMEOUT_MS = 30_000
+
+#: The screenshots docs/demo.rst shows (``make screenshots`` copies them there).
+IN_THE_MANUAL = ("home", "allauth-cancelled", "signed-in", "reauth-prompt")
 
 pytestmark = requires_browser("the demo's browser test")
 
@@ -55,6 +62,8 @@ class Shots:
         path = ARTIFACTS / f"demo-{len(self.taken) + 1:02d}-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         self.taken.append(path)
+        if name in IN_THE_MANUAL and os.environ.get("TOKEN_ROTATION_UPDATE_SCREENSHOT") == "1":
+            shutil.copyfile(path, ROOT / "docs" / f"demo-{name}.png")
 
 
 def _ms(page: Page, selector: str) -> float:
@@ -92,7 +101,7 @@ def test_visitor_signs_in_sees_rotation_revokes_and_signs_in_again(demo: Demo) -
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 1100, "height": 800})
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
             context.set_default_timeout(TIMEOUT_MS)
             page = context.new_page()
 
@@ -100,6 +109,19 @@ def test_visitor_signs_in_sees_rotation_revokes_and_signs_in_again(demo: Demo) -
             page.goto(f"{demo.site_url}/")
             assert "demo / demo-password" in page.inner_text("#credentials")
             shots(page, "home")
+
+            # allauth's own pages wear the demo's layout (its header, a card), not
+            # allauth's bare HTML: the sign-in page and "sign-in cancelled".
+            for name, path in (
+                ("allauth-login", "/accounts/login/"),
+                ("allauth-cancelled", "/accounts/3rdparty/login/cancelled/"),
+            ):
+                page.goto(f"{demo.site_url}{path}")
+                assert "Token rotation demo" in page.inner_text("header"), path
+                assert page.locator("#allauth-page h1").count() == 1, path
+                assert "Menu:" not in page.inner_text("body"), path  # allauth's bare layout
+                shots(page, name)
+            page.goto(f"{demo.site_url}/")
 
             # The provider's real login page, then its consent page.
             page.click("#signin-form button")

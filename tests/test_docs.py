@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 from django_token_rotation import exceptions
-from django_token_rotation.conf import Settings
+from django_token_rotation.conf import DEPRECATED, Settings, settings_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "django_token_rotation"
@@ -80,18 +81,56 @@ def setting_names() -> set[str]:
 
 
 def test_settings_page_has_one_heading_per_setting() -> None:
-    """Each setting: a ``TOKEN_ROTATION_X`` heading, then its ``:type:`` and ``:default:``."""
+    """Each setting: a ``TOKEN_ROTATION_X`` heading, then its ``:type:`` and ``:default:``;
+    each deprecated one in the last section, with what replaces it."""
     text = (DOCS / "settings.rst").read_text()
     entries = re.findall(
         r"^``TOKEN_ROTATION_(\w+)``\n-+\n\n:type: (.+)\n:default: (.+)\n", text, re.M
     )
     documented = [name for name, _, _ in entries]
     assert len(documented) == len(set(documented)), "a setting is documented twice"
-    assert sorted(documented) == sorted(setting_names())
-    # No heading in another shape slipped past the pattern above.
-    assert text.count("``TOKEN_ROTATION_") >= len(documented)
+    assert sorted(documented) == sorted(setting_names() - set(DEPRECATED))
     headings = re.findall(r"^``TOKEN_ROTATION_\w+[^\n]*\n-+$", text, re.M)
     assert len(headings) == len(documented), headings
+    deprecated = text.split("Deprecated settings\n")[1]
+    assert re.findall(r"^``TOKEN_ROTATION_(\w+)``$", deprecated, re.M) == list(DEPRECATED)
+
+
+def test_settings_page_is_rendered_from_the_docstrings() -> None:
+    """A setting is described once, in its docstring in conf.py: docs/settings.rst is
+    what ``make settings-doc`` renders from them. If this fails, run ``make settings-doc``."""
+    assert (DOCS / "settings.rst").read_text() == settings_reference()
+
+
+def test_every_setting_says_its_type_and_default() -> None:
+    for name in setting_names():
+        doc = getattr(Settings, name).__doc__ or ""
+        assert ":type: " in doc and ":default: " in doc, name
+
+
+def test_a_deprecated_setting_still_set_is_reported_with_its_replacement(settings: Any) -> None:
+    from django.core import checks as django_checks
+
+    from django_token_rotation import checks
+
+    assert checks.check_deprecated_settings() == []
+    settings.TOKEN_ROTATION_LEASE = 60
+    settings.TOKEN_ROTATION_ERROR_RECHECK = 15
+    messages = checks.check_deprecated_settings()
+    assert [m.id for m in messages] == ["token_rotation.W101"] * 2
+    lease = messages[0]
+    assert isinstance(lease, django_checks.Warning)
+    assert lease.msg.startswith("TOKEN_ROTATION_LEASE is deprecated")
+    assert "derived from TOKEN_ROTATION_TIMEOUT" in lease.msg
+    assert lease.hint is not None and "settings.html#deprecated-settings" in lease.hint
+    # Still honoured until 2.0.
+    from django_token_rotation.conf import app_settings
+
+    assert app_settings.LEASE == 60
+    del settings.TOKEN_ROTATION_LEASE
+    assert app_settings.LEASE == 30
+    settings.TOKEN_ROTATION_TIMEOUT = 20
+    assert app_settings.LEASE == 60
 
 
 def test_the_manual_has_every_page_of_the_toctree() -> None:
@@ -133,7 +172,7 @@ def setup_cfg_urls() -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines)
 
 
-LINK = re.compile(r"https?://[^\s)>`\"']+")
+LINK = re.compile(r"https?://[^\s)>`\"'*]+")
 
 
 def test_the_package_reads_its_addresses_from_setup_cfg() -> None:
@@ -172,3 +211,77 @@ def test_the_readme_has_no_relative_link() -> None:
     assert targets
     relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
     assert relative == []
+
+
+def test_the_version_is_set_once_in_setup_cfg() -> None:
+    import configparser
+
+    import django_token_rotation
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    version = parser.get("metadata", "version")
+    assert django_token_rotation.__version__ == version
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "a release version (semantic versioning)"
+    # The changelog has an entry for it.
+    assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_manuals_pictures_are_the_browser_tests_screenshots_at_1280_px() -> None:
+    """docs/*.png come from ``make screenshots`` (tests/test_admin_browser.py and
+    tests/test_demo_browser.py, headless Chromium at 1280 px); each is shown on a page."""
+    import struct
+
+    pictures = sorted(DOCS.glob("*.png"))
+    assert {p.name for p in pictures} >= {
+        "admin-token-list.png",
+        "admin-token-page.png",
+        "admin-refresh-history.png",
+    }
+    manual = "".join(page.read_text() for page in DOCS.glob("*.rst"))
+    for picture in pictures:
+        header = picture.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n", picture.name
+        width, _ = struct.unpack(">II", header[16:24])
+        assert width == 1280, f"{picture.name} is {width} px wide"
+        assert f":: {picture.name}" in manual, f"{picture.name} is on no page"
+
+
+def test_a_bad_setting_links_its_own_entry_of_the_settings_page(settings: Any) -> None:
+    """Check E005's hint is the hosted entry of that setting: an anchor the build makes."""
+    from django_token_rotation import checks
+
+    settings.TOKEN_ROTATION_LEEWAY = "soon"
+    (message,) = [m for m in checks.check_setup() if m.id == "token_rotation.E005"]
+    assert message.hint is not None
+    assert message.hint.endswith("/settings.html#token-rotation-leeway")
+    # The heading that Sphinx turns into that id.
+    assert "``TOKEN_ROTATION_LEEWAY``\n-----" in (DOCS / "settings.rst").read_text()
+
+
+def test_every_link_into_the_hosted_manual_names_a_page_of_docs() -> None:
+    """``.../en/stable/<page>.html`` for each ``docs/<page>.rst``: no link to a page that
+    the build does not make."""
+    base = setup_cfg_urls()["Documentation"].rstrip("/") + "/en/stable/"
+    files = [
+        ROOT / name for name in ("README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md")
+    ]
+    for path in files:
+        for link in LINK.findall(path.read_text()):
+            if link.startswith(base) and link != base:
+                page = link[len(base) :].split("#")[0].removesuffix(".html")
+                assert (DOCS / f"{page}.rst").exists(), f"{path.name}: {link}"
+
+
+def test_the_commands_contributors_are_told_to_run_exist() -> None:
+    """Every ``make X`` of the README and CONTRIBUTING.md is a target of the Makefile, and
+    every ``nox -s NAME`` a session of noxfile.py."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w.-]+):", makefile, re.M))
+    noxfile = (ROOT / "noxfile.py").read_text()
+    for name in ("README.md", "CONTRIBUTING.md"):
+        text = (ROOT / name).read_text()
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", text):
+            assert target in targets, f"{name}: make {target}"
+        for session in re.findall(r"nox -s \"?([\w.-]+)", text):
+            assert f"def {session.split('-')[0]}(" in noxfile, f"{name}: nox -s {session}"

@@ -2,7 +2,7 @@
 
 An answer without ``expires_in`` (and an opaque access token) keeps the
 lifetime of the token it replaces, else the provider's documented default
-(``providers.QUIRKS``), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``; and tokens
+(its ``providers.registry`` entry), else ``TOKEN_ROTATION_DEFAULT_LIFETIME``; and tokens
 allauth stored at sign-in without an expiry (no ``TokenState``) become due
 on every path, the middleware's included.
 """

@@ -59,6 +59,33 @@ def test_database_failure_after_the_answer_is_reported_as_lost_rotation(
 
 
 @pytest.mark.django_db
+def test_a_glewlwyd_style_empty_400_after_a_lost_answer_is_a_lost_rotation(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    """A one-use provider that refuses a spent refresh token with an empty 400: the
+    confirming retry is still a replay, and the outcome says what happened."""
+    from tests.scripted_server import Reply
+
+    make_token()
+    scripted.script(tokens(), Reply(400, b""))
+    with (
+        connection.execute_wrapper(failing_token_writes),
+        pytest.raises(TokenRefreshUnavailable),
+    ):
+        get_access_token(user, "fake")
+    TokenState.objects.update(next_retry_at=None)
+    with pytest.raises(TokenRefreshUnavailable) as unconfirmed:
+        get_access_token(user, "fake")
+    assert unconfirmed.value.code == "refusal_unconfirmed"
+    assert TokenState.objects.get().inflight_fingerprint != ""  # still a replay
+    TokenState.objects.update(next_retry_at=None)
+    with pytest.raises(ReauthenticationRequired) as confirmed:
+        get_access_token(user, "fake")
+    assert confirmed.value.code == "lost_rotation"
+    assert len(scripted.token_requests) == 3
+
+
+@pytest.mark.django_db
 def test_a_plain_revocation_is_not_called_lost_rotation(
     fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
 ) -> None:

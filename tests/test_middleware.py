@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from importlib import import_module
+from io import StringIO
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,13 +16,14 @@ from allauth.socialaccount.models import SocialApp, SocialToken
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.signals import user_logged_in
-from django.db import connection
-from django.http import HttpRequest, HttpResponse
+from django.core.management import call_command
+from django.db import OperationalError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR
+from django_token_rotation import REFRESH_ACCESS_TOKEN_ERROR, store
 from django_token_rotation import middleware as middleware_module
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
@@ -96,8 +98,10 @@ def test_fresh_tokens_cost_no_query(
     with CaptureQueriesContext(connection) as with_middleware:
         signed_in.get("/page/")
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "token_rotation" not in m]
+    without = Client()  # a client loads MIDDLEWARE once: a new one, same session cookie
+    without.cookies = signed_in.cookies
     with CaptureQueriesContext(connection) as without_middleware:
-        signed_in.get("/page/")
+        without.get("/page/")
 
     assert len(with_middleware.captured_queries) == len(without_middleware.captured_queries)
     assert scripted.token_requests == []
@@ -530,9 +534,10 @@ def test_an_engine_failure_never_breaks_the_page(
     make_token(expires_in=-5)
 
     def database_gone(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("connection refused")
+        raise OperationalError("connection refused")
 
-    monkeypatch.setattr(SocialToken.objects, "filter", database_gone)
+    # The engine's one read of the user's tokens (on the router's write database).
+    monkeypatch.setattr(store, "newest_first", database_gone)
     response = signed_in.get("/page/")
     assert response.status_code == 200
     assert error_in(response) == ""
@@ -593,3 +598,100 @@ async def test_async_exempt_paths(
     await async_client.aforce_login(user)
     assert (await async_client.get("/async-page/")).status_code == 200
     assert scripted.token_requests == []
+
+
+# -- hooks: a site's own answers to a refused grant ----------------------------------
+
+
+class SiteAnswers(TokenRefreshMiddleware):
+    """What a site writes: one subclass, named in MIDDLEWARE instead of ours."""
+
+    def html_response(self, request: HttpRequest, error: token_session.TokenSession) -> Any:
+        return HttpResponse(f"html {error.provider} {error.code}", status=403)
+
+    def json_response(self, request: HttpRequest, error: token_session.TokenSession) -> Any:
+        return JsonResponse({"sign_in_with": error.provider}, status=401)
+
+    def htmx_response(self, request: HttpRequest, error: token_session.TokenSession) -> Any:
+        response = HttpResponse(status=204)
+        response["HX-Location"] = error.login_url
+        return response
+
+    def app_response(self, request: HttpRequest, error: token_session.TokenSession) -> Any:
+        return JsonResponse({"app": error.provider}, status=401)
+
+
+class LetThrough(TokenRefreshMiddleware):
+    def reauthentication_response(
+        self, request: HttpRequest, error: token_session.TokenSession
+    ) -> Any:
+        return None
+
+
+@pytest.fixture
+def site_answers(settings: Any) -> None:
+    settings.MIDDLEWARE = [
+        "tests.test_middleware.SiteAnswers" if "TokenRefreshMiddleware" in m else m
+        for m in settings.MIDDLEWARE
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "expected"),
+    [
+        ({}, 403, b"html fake invalid_grant"),
+        ({"Accept": "application/json"}, 401, b'{"sign_in_with": "fake"}'),
+        ({"HX-Request": "true"}, 204, b""),
+    ],
+)
+def test_a_subclass_answers_each_kind_of_request(
+    site_answers: None,
+    user: Any,
+    revoked: SocialToken,
+    headers: dict[str, str],
+    status: int,
+    expected: bytes,
+) -> None:
+    client = Client()  # after the settings change: loads the subclass
+    client.force_login(user)
+    response = client.get("/page/", headers=headers)
+    assert response.status_code == status
+    assert response.content == expected
+    if "HX-Request" in headers:
+        assert response["HX-Location"] == "/accounts/fake/login/"
+
+
+def test_a_subclass_answers_app_clients(
+    site_answers: None, user: Any, revoked: SocialToken
+) -> None:
+    client = Client()
+    login = client.post(
+        "/_allauth/app/v1/auth/login",
+        {"username": "alice", "password": "pw"},
+        content_type="application/json",
+    )
+    headers = {"X-Session-Token": login.json()["meta"]["session_token"]}
+    response = Client().get("/api/", headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"app": "fake"}
+
+
+def test_a_subclass_that_lets_requests_through_still_marks_them(
+    settings: Any, user: Any, revoked: SocialToken
+) -> None:
+    settings.MIDDLEWARE = [
+        "tests.test_middleware.LetThrough" if "TokenRefreshMiddleware" in m else m
+        for m in settings.MIDDLEWARE
+    ]
+    client = Client()
+    client.force_login(user)
+    response = client.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    assert response[TokenRefreshMiddleware.ERROR_HEADER] == "RefreshAccessTokenError"
+    assert response[TokenRefreshMiddleware.PROVIDER_HEADER] == "fake"
+
+
+def test_the_checks_accept_a_subclass(site_answers: None) -> None:
+    out = StringIO()
+    call_command("check", stdout=out)
+    assert "token_rotation" not in out.getvalue()

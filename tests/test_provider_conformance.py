@@ -8,86 +8,43 @@ routed, through allauth's requests session, to one scripted server on
 authentication and its form. What the request must look like comes from
 allauth's own adapter, as allauth uses it at sign-in.
 
-docs/providers.rst carries the classification table this module generates
-(``REGENERATE_DOCS=1 pytest tests/test_provider_conformance.py -k page``
-rewrites it).
+docs/providers.rst carries the classification table that
+``django_token_rotation.providers.docs`` generates (``make providers-doc``);
+a test here only checks that it is current.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
-import importlib
-import os
-import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import allauth.socialaccount.providers as allauth_providers
 import pytest
 import requests
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from allauth.socialaccount.providers import registry
-from allauth.socialaccount.providers.base import Provider
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils import timezone
 
 from django_token_rotation import ProviderNotRefreshable, providers, refresh
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
+from django_token_rotation.providers import docs
+from django_token_rotation.providers.docs import provider_classes
+from django_token_rotation.providers.registry import ENTRIES, REFUSAL_REASONS, entry
 from tests.scripted_server import Reply, ScriptedServer, running, tokens
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "providers.rst"
-TABLE_START = ".. provider-table-start"
-TABLE_END = ".. provider-table-end"
-
-#: allauth provider packages that cannot be imported here, none of them OAuth
-#: 2.0: SAML 2.0 (python3-saml needs libxmlsec1). OpenID 2.0 and Steam import
-#: because tests/settings.py installs allauth's openid app (its models need it).
-OPTIONAL_PACKAGES = {"saml"}
-
-
-def provider_classes() -> list[type[Any]]:
-    """Every provider class of the installed allauth, by id."""
-    found: dict[str, type[Any]] = {}
-    for module in pkgutil.iter_modules(allauth_providers.__path__):
-        if not module.ispkg:
-            continue
-        name = f"{allauth_providers.__name__}.{module.name}.provider"
-        try:
-            provider_module = importlib.import_module(name)
-        except ImportError as exc:
-            if exc.name == name:
-                continue  # a helper package (base, oauth, oauth2)
-            assert module.name in OPTIONAL_PACKAGES, (module.name, exc.name)
-            continue
-        except ImproperlyConfigured:
-            assert module.name in OPTIONAL_PACKAGES, module.name
-            continue
-        for cls in getattr(provider_module, "provider_classes", []):
-            found[cls.id] = cls
-        # Some register themselves instead (providers.registry.register(...)):
-        # Clever, Dropbox, Figma, Salesforce.
-        for obj in vars(provider_module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, Provider)
-                and obj.__module__ == name
-                and "id" in vars(obj)
-            ):
-                found.setdefault(vars(obj)["id"], obj)
-    return [found[key] for key in sorted(found)]
-
 
 CLASSES = provider_classes()
 REFRESHABLE = [cls for cls in CLASSES if providers.refusal_reason(cls) is None]
 REFUSED = [cls for cls in CLASSES if providers.refusal_reason(cls) is not None]
 
 #: What a site must configure for these providers (test values); the same
-#: needs are stated in providers.QUIRKS[...].settings.
+#: needs are stated in their registry entries' ``settings``.
 PROVIDER_SETTINGS: dict[str, dict[str, Any]] = {
     "amazon_cognito": {"DOMAIN": "https://auth.example.amazoncognito.com"},
 }
@@ -196,7 +153,7 @@ def make_app(cls: type[Any], server: ScriptedServer, **extra: Any) -> SocialApp:
 def make_token(cls: type[Any], app: SocialApp, django_user_model: Any) -> SocialToken:
     user = django_user_model.objects.create(username=f"user-{cls.id}")
     # What a site keeps for providers that need sign-in values on refresh (VK ID).
-    extra = {name: f"{name}-of-the-sign-in" for name in providers.quirks(cls.id).sign_in_values}
+    extra = {name: f"{name}-of-the-sign-in" for name in entry(cls.id).sign_in_values}
     account = SocialAccount.objects.create(
         user=user, provider=app.provider_id or cls.id, uid="1", extra_data=extra
     )
@@ -228,7 +185,7 @@ def test_every_allauth_provider_is_classified() -> None:
     assert {"clever", "dropbox", "figma", "salesforce"} <= {cls.id for cls in CLASSES}
     assert len(REFRESHABLE) >= 95
     for cls in REFUSED:
-        assert providers.refusal_reason(cls) in providers.REFUSAL_REASONS
+        assert providers.refusal_reason(cls) in REFUSAL_REASONS
 
 
 @pytest.mark.parametrize("cls", REFRESHABLE, ids=lambda cls: cls.id)
@@ -251,7 +208,7 @@ def test_refreshes_as_allauth_signs_in(
         expected = base64.b64encode(f"id-{cls.id}:secret-{cls.id}".encode()).decode()
         assert request.headers["Authorization"] == f"Basic {expected}"
         assert "client_secret" not in request.form
-    elif cls.id in providers.GENERATED_SECRETS:
+    elif entry(cls.id).generated_secret:
         assert request.form[client_id_parameter] == f"id-{cls.id}"
         verify_apple_client_secret(request.form["client_secret"], app)
     else:
@@ -259,10 +216,10 @@ def test_refreshes_as_allauth_signs_in(
         assert request.form["client_secret"] == f"secret-{cls.id}"
     for name, value in headers.items():
         assert request.headers.get(name) == value, name
-    quirks = providers.quirks(cls.id)
-    for name in quirks.sign_in_values:
+    known = entry(cls.id)
+    for name in known.sign_in_values:
         assert request.form[name] == f"{name}-of-the-sign-in"
-    assert ("state" in request.form) == quirks.sends_state
+    assert ("state" in request.form) == known.sends_state
     token.refresh_from_db()
     assert (token.token, token.token_secret) == ("fresh-access", "fresh-refresh")
 
@@ -481,74 +438,34 @@ def test_battlenet_resolves_without_a_request(site: ScriptedServer, settings: An
 # -- the Providers page -------------------------------------------------------
 
 
-def _opt_in(offline: tuple[str, str] | None) -> str:
-    if offline is None:
-        return "-"
-    kind, wanted = offline
-    return f"``{wanted}`` in the scope" if kind == "scope" else f"AUTH_PARAMS ``{wanted}``"
-
-
-def provider_table() -> str:
-    """The classification table of docs/providers.rst, generated from the code."""
-    rows = [
-        ".. list-table::",
-        "   :header-rows: 1",
-        "   :widths: 16 12 10 26 22 14",
-        "",
-        "   * - Provider",
-        "     - Refreshed",
-        "     - Rotation",
-        "     - Quirks handled",
-        "     - Settings needed",
-        "     - Refresh tokens need",
-    ]
-    for cls in CLASSES:
-        quirks = providers.quirks(cls.id)
-        reason = providers.refusal_reason(cls)
-        rows += [
-            f"   * - ``{cls.id}`` ({cls.name})",
-            f"     - {'yes' if reason is None else f'no: ``{reason}``'}",
-            f"     - {quirks.rotation or '-'}",
-            f"     - {quirks.handled or '-'}",
-            f"     - {quirks.settings or '-'}",
-            f"     - {_opt_in(quirks.offline)}",
-        ]
-    refreshable = sum(providers.refusal_reason(cls) is None for cls in CLASSES)
-    return "\n".join(
-        [
-            TABLE_START,
-            "",
-            f"{len(CLASSES)} provider classes, {refreshable} refreshed, "
-            f"{len(CLASSES) - refreshable} left alone with a reason.",
-            "",
-            *rows,
-            "",
-            TABLE_END,
-        ]
-    )
-
-
-def test_providers_page_table_is_generated_from_the_code() -> None:
+def test_providers_page_tables_are_current() -> None:
     text = DOCS.read_text()
-    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
-    if os.environ.get("REGENERATE_DOCS"):
-        DOCS.write_text(text[:start] + provider_table() + text[end:])
-        text = DOCS.read_text()
-        end = text.index(TABLE_END) + len(TABLE_END)
-    assert text[start:end] == provider_table(), (
-        "docs/providers.rst is out of date: run REGENERATE_DOCS=1 "
-        ".venv/bin/python -m pytest tests/test_provider_conformance.py -k page"
+    assert docs.render(text, CLASSES) == text, (
+        "docs/providers.rst is not current: run make providers-doc"
     )
+    assert f"{len(CLASSES)} provider classes, {len(REFRESHABLE)} refreshed" in text
 
 
 def test_providers_page_documents_every_reason_and_error_shape() -> None:
-    from django_token_rotation import client
-
     text = DOCS.read_text()
-    for reason in providers.REFUSAL_REASONS:
+    for reason in REFUSAL_REASONS:
         assert f"``{reason}``" in text, reason
-    for shape in client.PROVIDER_ERRORS:
-        assert f"``{shape}``" in text, shape
+    for provider_id, known in ENTRIES.items():
+        for shape in known.errors:
+            assert f"``{shape}``" in text, (provider_id, shape)
+
+
+def test_the_page_generator_rewrites_a_stale_page_and_checks_a_current_one(
+    tmp_path: Path,
+) -> None:
+    stale = DOCS.read_text().replace("refreshed, ", "refreshed (stale), ", 1)
+    page = tmp_path / "providers.rst"
+    page.write_text(stale)
+    assert docs.main([str(page), "--check"]) == 1
+    assert page.read_text() == stale  # --check writes nothing
+    assert docs.main([str(page)]) == 0
+    assert page.read_text() == DOCS.read_text()
+    assert docs.main([str(page), "--check"]) == 0
 
 
 def test_scripted_server_sees_the_original_host(site: ScriptedServer) -> None:
@@ -560,7 +477,7 @@ def test_scripted_server_sees_the_original_host(site: ScriptedServer) -> None:
 
 # -- W007: providers whose refresh tokens need an opt-in ----------------------
 
-OPT_INS = {key: q.offline for key, q in providers.QUIRKS.items() if q.offline}
+OPT_INS = {key: known.offline for key, known in ENTRIES.items() if known.offline}
 
 
 @pytest.mark.parametrize(("provider_id", "offline"), OPT_INS.items(), ids=OPT_INS.keys())
@@ -643,3 +560,51 @@ def test_battlenet_refreshes_from_the_command(
     assert request.path == "/oauth.battle.net/token"
     token.refresh_from_db()
     assert token.token_secret == "new-refresh"
+
+
+# -- each provider's error shapes, through its own allauth adapter ---------------------
+
+
+def _answer_in(shape: str) -> Reply:
+    """An answer in ``shape`` (docs/providers.rst, "Error answers")."""
+    kind, _, rest = shape.partition(":")
+    if kind == "graph":
+        return Reply(400, {"error": {"code": int(rest), "type": "OAuthException"}})
+    if kind == "message":
+        return Reply(400, {"status": 400, "message": rest.capitalize()})
+    if kind == "field":
+        field, _, code = rest.partition(":")
+        return Reply(400, {"message": "Bad Request", "errors": [{"field": field, "code": code}]})
+    if kind == "http":
+        status, _, empty = rest.partition(":")
+        return Reply(int(status), b"" if empty else "<html>refused</html>")
+    return Reply(200, {"ok": False, "error": shape})
+
+
+SHAPES = [
+    (provider_id, shape, meaning)
+    for provider_id, known in ENTRIES.items()
+    for shape, meaning in known.errors.items()
+]
+REPORTED_AS = {"slow_down": "rate_limited"}
+
+
+@pytest.mark.parametrize(
+    ("provider_id", "shape", "meaning"), SHAPES, ids=[f"{p}-{s}" for p, s, _ in SHAPES]
+)
+def test_each_providers_error_shapes_through_its_own_adapter(
+    site: ScriptedServer, django_user_model: Any, provider_id: str, shape: str, meaning: str
+) -> None:
+    from django_token_rotation import ReauthenticationRequired, TokenRefreshUnavailable
+
+    cls = registry.get_class(provider_id)
+    assert providers.refusal_reason(cls) is None, provider_id
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    site.script(_answer_in(shape))
+    with pytest.raises((ReauthenticationRequired, TokenRefreshUnavailable)) as caught:
+        refresh(token, force=True)
+    assert caught.value.code == REPORTED_AS.get(meaning, meaning)
+    [request] = [r for r in site.received if "well-known" not in r.path]
+    assert request.path == expected_request(cls, token.app)[0]
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("old-access", "old-refresh")

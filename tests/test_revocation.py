@@ -196,3 +196,75 @@ def test_disconnect_revokes_when_enabled(
     [revoke] = revocations(scripted)
     assert revoke.form["token"] == "old-refresh"
     assert not SocialToken.objects.filter(account_id=account.pk).exists()
+
+
+# -- what cannot be revoked is kept, and said --------------------------------------
+
+
+def test_a_provider_without_a_revocation_endpoint_keeps_the_token(
+    make_token: MakeToken, fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    token = make_token(provider="fake", app=fake_app)
+    result = revocation.revoke(token)
+    assert (result.revoked, result.code, result.deleted) == (False, "no_revocation_endpoint", False)
+    assert scripted.received == []
+    assert SocialToken.objects.filter(pk=token.pk).exists()
+
+
+def test_a_discovery_document_without_the_endpoint_falls_back_to_the_table(
+    make_token: MakeToken, make_oidc_app: Any
+) -> None:
+    token = make_token(provider="scripted", app=make_oidc_app(), expires_in=3600)
+    assert revocation.revocation_endpoint(token) is None
+    assert revocation.revoke(token).code == "no_revocation_endpoint"
+
+
+def test_a_token_with_only_an_access_token_revokes_that(
+    make_token: MakeToken, oidc_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    token = make_token(provider="scripted", app=oidc_app, refresh="", expires_in=3600)
+    scripted.script(Reply(200, ""))
+    assert revocation.revoke(token).revoked
+    [sent] = revocations(scripted)
+    assert (sent.form["token"], sent.form["token_type_hint"]) == ("old-access", "access_token")
+
+
+def test_a_token_with_nothing_to_revoke_is_kept(
+    make_token: MakeToken, oidc_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    token = make_token(provider="scripted", app=oidc_app, access="", refresh="")
+    result = revocation.revoke(token)
+    assert (result.revoked, result.code) == (False, "no_token")
+    assert revocations(scripted) == []
+    assert SocialToken.objects.filter(pk=token.pk).exists()
+
+
+def test_a_refusal_keeps_the_token_and_names_the_providers_error(
+    oidc_token: SocialToken, scripted: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted.script(oauth_error("invalid_client", status=401))
+    result = revocation.revoke(oidc_token)
+    assert (result.revoked, result.code) == (False, "invalid_client")
+    assert SocialToken.objects.filter(pk=oidc_token.pk).exists()
+    assert any(
+        "invalid_client" in r.getMessage() and "it is kept" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_revoke_without_delete_keeps_the_revoked_token(
+    oidc_token: SocialToken, scripted: ScriptedServer
+) -> None:
+    scripted.script(Reply(200, ""))
+    result = revocation.revoke(oidc_token, delete=False)
+    assert (result.revoked, result.deleted) == (True, False)
+    assert SocialToken.objects.filter(pk=oidc_token.pk).exists()
+
+
+def test_tokens_left_when_the_budget_is_spent_are_not_sent(
+    oidc_token: SocialToken, scripted: ScriptedServer
+) -> None:
+    [result] = revocation.revoke_within([oidc_token], budget=0)
+    assert (result.revoked, result.code, result.token_id) == (False, "out_of_time", oidc_token.pk)
+    assert revocations(scripted) == []
+    assert SocialToken.objects.filter(pk=oidc_token.pk).exists()

@@ -337,8 +337,9 @@ def test_unusable_expires_in_is_ignored_not_fatal(
             Reply(302, b"", headers={"Location": "http://127.0.0.1:9/elsewhere"}),
             "unexpected_response",
         ),
-        (Reply(404, "<html>not found</html>"), "unexpected_response"),
-        (Reply(403, {"error": "<script>"}), "unexpected_response"),
+        # HTTP 4xx without an OAuth error we know: the next attempt confirms it.
+        (Reply(404, "<html>not found</html>"), "refusal_unconfirmed"),
+        (Reply(403, {"error": "<script>"}), "refusal_unconfirmed"),
     ],
 )
 def test_transient_failures_keep_everything_and_back_off(

@@ -132,8 +132,8 @@ def test_a_newer_token_stored_meanwhile_wins(
     refused = TokenRefreshUnavailable("x", code="malformed_response")
     answer = client.TokenResponse(access_token="", refresh_token="ours", refused=refused)
     SocialToken.objects.filter(pk=token.pk).update(token_secret="theirs", token="their-access")
-    error = store.store_refresh_token(token, answer, "old-refresh", error=refused, elapsed=0)
-    assert error is None
+    written = store.store_answer(token, answer, "old-refresh", lease_id="x", elapsed=0)
+    assert written is False  # and nothing raised: the newer token is adopted
     assert (token.token, token.token_secret) == ("their-access", "theirs")
     assert stored(token).token_secret == "theirs"
 
@@ -168,3 +168,42 @@ def test_a_database_failure_while_keeping_it_is_a_lost_rotation_later(
     with pytest.raises(ReauthenticationRequired) as second:
         refresh(token, force=True)
     assert second.value.code == "lost_rotation"
+
+
+ODD_BUT_USABLE = {
+    "id_token_a_number": {"id_token": 5},
+    "id_token_over_16_kib": {"id_token": "e" * (17 * 1024)},
+    "id_token_a_list": {"id_token": ["a.b.c"]},
+    "scope_a_number": {"scope": 7},
+    "scope_a_dict": {"scope": {"read": True}},
+    "scope_oversized": {"scope": "read " * 20_000},
+    "other_field_oversized": {"x_debug": "d" * 100_000},
+    "expires_in_junk": {"expires_in": "soon"},
+}
+
+
+@pytest.mark.parametrize("extra", ODD_BUT_USABLE.values(), ids=ODD_BUT_USABLE)
+def test_odd_fields_beside_good_tokens_lose_nothing(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, extra: dict[str, Any]
+) -> None:
+    token = make_token()
+    scripted.script(tokens(**extra))
+    refresh(token, force=True)
+    assert (stored(token).token, stored(token).token_secret) == ("new-access", "new-refresh")
+    assert not TokenState.objects.get(token=token).last_error
+
+
+def test_an_unusable_id_token_at_an_openid_provider_keeps_the_tokens_not_the_claims(
+    make_oidc_app: Any, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    from allauth.socialaccount.models import SocialAccount
+
+    token = make_token(provider="scripted", app=make_oidc_app(), uid="user-1")
+    SocialAccount.objects.filter(pk=token.account_id).update(
+        extra_data={"id_token": {"sub": "user-1", "email": "old@example.com"}}
+    )
+    scripted.script(tokens(id_token="e" * (17 * 1024)))
+    refresh(token, force=True)
+    assert (stored(token).token, stored(token).token_secret) == ("new-access", "new-refresh")
+    account = SocialAccount.objects.get(pk=token.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"

@@ -32,7 +32,7 @@ def _state(context: template.Context) -> dict[str, Any]:
     error = session.error_of(summary)
     if error is None:
         return {"show": False}
-    url = reauth_url(request, error, None)
+    url = reauth_url(request, session.token_session(summary), None)
     action, _, query = url.partition("?")
     return {
         "show": True,

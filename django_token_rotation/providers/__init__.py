@@ -4,6 +4,13 @@ Nothing here knows a provider's URL: the endpoint, the client credentials and
 the client authentication method come from the provider's allauth OAuth2
 adapter and its ``SocialApp`` (from the database or from
 ``SOCIALACCOUNT_PROVIDERS``), exactly as allauth uses them at sign-in.
+
+The package: this module resolves a token to its endpoint through allauth;
+:mod:`.registry` holds one entry per provider (quirks, error shapes, default
+lifetime, revocation endpoint, the docs row); :mod:`.docs` generates the
+tables of ``docs/providers.rst`` (``make providers-doc``). The entries are data a contributor adds a
+provider to; resolution is code that follows allauth: two modules, so that each
+stays one screen of purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,156 +34,18 @@ from allauth.socialaccount.providers.openid_connect.views import OpenIDConnectOA
 from django.core.cache import caches
 from django.http import HttpRequest
 
-from . import client
-from .conf import app_settings
-from .exceptions import (
+from django_token_rotation import client
+from django_token_rotation.conf import app_settings
+from django_token_rotation.exceptions import (
     ImproperlyConfiguredProvider,
     ProviderNotRefreshable,
     TokenRefreshUnavailable,
     TokenRotationError,
 )
 
+from .registry import REFUSAL_REASONS, entry, error_shapes
+
 logger = logging.getLogger("django_token_rotation")
-
-
-#: Why a provider's tokens are not refreshed: reason code -> what it means.
-#: docs/providers.rst documents the same codes (tests/test_provider_conformance.py).
-REFUSAL_REASONS: dict[str, str] = {
-    "not_oauth2": "not an OAuth 2.0 provider (OAuth 1.0a, OpenID 2.0, SAML, Telegram): "
-    "its sign-ins carry no refresh token",
-    "custom_token_exchange": "allauth exchanges its tokens with provider-specific code "
-    "(its own client or request), which a standard refresh would get wrong",
-    "sign_in_parameter": "the token endpoint needs a value that only the sign-in request "
-    "carried (allauth does not store it)",
-}
-
-
-@dataclass(frozen=True)
-class Quirks:
-    """What this app knows about one allauth provider beyond its allauth adapter."""
-
-    #: Does a refresh return a new refresh token? "always", "optional" (the
-    #: app's or the provider's setting decides), "never", or "" (undocumented).
-    rotation: str = ""
-    #: Quirks of the refresh that this app handles, in a few words.
-    handled: str = ""
-    #: Settings the refresh needs beyond the app's client id and secret.
-    settings: str = ""
-    #: How a site asks this provider for refresh tokens, when it must (check
-    #: W007): ``("scope", value)`` or ``("auth_param", "name=value")``.
-    offline: tuple[str, str] | None = None
-    #: ``token_type`` values, besides ``Bearer``, that name a bearer token here.
-    token_types: frozenset[str] = frozenset()
-    #: The reason (a key of :data:`REFUSAL_REASONS`) when the provider is refused
-    #: although its allauth classes look standard.
-    refused: str | None = None
-    #: Seconds its access tokens are assumed to live when an answer says
-    #: nothing (no ``expires_in``, an opaque token) and no earlier lifetime is
-    #: known: for providers documented never to send one. Before
-    #: ``TOKEN_ROTATION_DEFAULT_LIFETIME``.
-    lifetime: int | None = None
-    #: Values only the sign-in request carried that the token endpoint needs on
-    #: a refresh too (VK ID's ``device_id``). allauth does not store them; they
-    #: are sent from the account's ``extra_data`` when a site keeps them there,
-    #: and a token whose account lacks one is refused (``sign_in_parameter``).
-    sign_in_values: tuple[str, ...] = ()
-    #: Send a fresh random ``state`` with each refresh, as allauth does at sign-in.
-    sends_state: bool = False
-
-
-def _at_import(provider_id: str, key: str) -> str:
-    return (
-        f"SOCIALACCOUNT_PROVIDERS['{provider_id}']['{key}'] (allauth reads it when it is imported)"
-    )
-
-
-#: THE provider quirks table: allauth provider id -> :class:`Quirks`. A provider
-#: missing here refreshes the standard way, as its allauth adapter says.
-QUIRKS: dict[str, Quirks] = {
-    "amazon_cognito": Quirks(
-        rotation="never", settings="SOCIALACCOUNT_PROVIDERS['amazon_cognito']['DOMAIN']"
-    ),
-    "atlassian": Quirks(rotation="always", offline=("scope", "offline_access")),
-    "auth0": Quirks(
-        rotation="optional",
-        settings=_at_import("auth0", "AUTH0_URL"),
-        offline=("scope", "offline_access"),
-    ),
-    "apple": Quirks(
-        rotation="never",
-        handled="the ES256 client secret, signed per refresh by allauth's own generator; "
-        "the first of several client ids",
-        settings="the app's key (team id), secret (key id) and settings certificate_key",
-    ),
-    "battlenet": Quirks(
-        handled="the region comes from SOCIALACCOUNT_PROVIDERS['battlenet']['REGION'] "
-        "(the sign-in's ?region= is gone at refresh time)",
-        settings="SOCIALACCOUNT_PROVIDERS['battlenet']['REGION'] outside the US region",
-    ),
-    "dingtalk": Quirks(refused="custom_token_exchange"),
-    "dropbox": Quirks(rotation="never", offline=("auth_param", "token_access_type=offline")),
-    "feishu": Quirks(refused="custom_token_exchange"),
-    "github": Quirks(
-        rotation="always",
-        handled="dead grants answered with HTTP 200 (bad_refresh_token)",
-    ),
-    "google": Quirks(rotation="never", offline=("auth_param", "access_type=offline")),
-    "keycloak": Quirks(rotation="optional"),
-    "microsoft": Quirks(rotation="always", offline=("scope", "offline_access")),
-    "okta": Quirks(
-        rotation="optional",
-        settings=_at_import("okta", "OKTA_BASE_URL"),
-        offline=("scope", "offline_access"),
-    ),
-    "gumroad": Quirks(settings=_at_import("gumroad", "GUMROAD_URL")),
-    "jupyterhub": Quirks(settings=_at_import("jupyterhub", "API_URL")),
-    "lemonldap": Quirks(settings=_at_import("lemonldap", "LEMONLDAP_URL")),
-    "netiq": Quirks(settings=_at_import("netiq", "NETIQ_URL")),
-    "openid_connect": Quirks(
-        rotation="optional", settings="the app's server_url", offline=("scope", "offline_access")
-    ),
-    "salesforce": Quirks(
-        rotation="never",
-        handled="no expires_in ever: the access token lives as long as the org's session "
-        "timeout (15 minutes to 24 hours), assumed 15 minutes",
-        settings="the app's key: the instance URL (https://login.salesforce.com or the org's "
-        "My Domain URL)",
-        offline=("scope", "refresh_token"),
-        lifetime=15 * 60,
-    ),
-    "shopify": Quirks(refused="sign_in_parameter"),
-    "slack": Quirks(
-        rotation="always",
-        handled='dead grants answered with HTTP 200 {"ok": false, "error": ...}; '
-        'token_type "user" and "bot" (bearer tokens)',
-        token_types=frozenset({"user", "bot"}),
-    ),
-    "tiktok": Quirks(rotation="optional", handled="client_key instead of client_id"),
-    "twitch": Quirks(
-        rotation="optional",
-        handled='dead grants answered {"status": 400, "message": "Invalid refresh token"}; '
-        "refresh answers without expires_in (the last known lifetime is carried forward)",
-    ),
-    "vk": Quirks(
-        handled="the sign-in's device_id, from the account's extra_data['device_id'] (allauth "
-        "does not store it: tokens without it are refused, sign_in_parameter); a fresh state",
-        settings="a SocialAccountAdapter that keeps the callback's device_id in "
-        "extra_data['device_id']",
-        sign_in_values=("device_id",),
-        sends_state=True,
-    ),
-    "twitter_oauth2": Quirks(rotation="always", offline=("scope", "offline.access")),
-}
-
-
-#: Client classes whose token request is the standard one except for a client
-#: secret they generate: provider id -> the client's generator method. The
-#: refresh calls allauth's own generator (and ``get_client_id``) each time.
-GENERATED_SECRETS: dict[str, str] = {"apple": "generate_client_secret"}
-
-
-def quirks(provider_id: str) -> Quirks:
-    return QUIRKS.get(provider_id, Quirks())
 
 
 def default_scope(provider_id: str) -> list[str]:
@@ -199,7 +67,7 @@ def offline_access_missing(
 
     ``scope`` is the configured scope (``None``: allauth's default scope).
     """
-    offline = quirks(provider_id).offline
+    offline = entry(provider_id).offline
     if offline is None:
         return None
     kind, wanted = offline
@@ -223,14 +91,14 @@ def refusal_reason(provider_class: type[Any]) -> str | None:
     """
     if not issubclass(provider_class, OAuth2Provider):
         return "not_oauth2"
-    explicit = quirks(provider_class.id).refused
+    explicit = entry(provider_class.id).refused
     if explicit:
         return explicit
     adapter_class = getattr(provider_class, "oauth2_adapter_class", None)
     if adapter_class is None:
         return "custom_token_exchange"
     client_class = getattr(adapter_class, "client_class", OAuth2Client)
-    generator = GENERATED_SECRETS.get(provider_class.id)
+    generator = entry(provider_class.id).generated_secret
     if generator and hasattr(client_class, generator):
         # Apple: the client differs only by its generated secret, the adapter's
         # get_access_token_data only by the sign-in session's ID token.
@@ -241,7 +109,7 @@ def refusal_reason(provider_class: type[Any]) -> str | None:
         return "custom_token_exchange"
     if (
         adapter_class.get_access_token_data is not OAuth2Adapter.get_access_token_data
-        and not quirks(provider_class.id).sign_in_values
+        and not entry(provider_class.id).sign_in_values
     ):
         return "sign_in_parameter"
     return None
@@ -327,9 +195,9 @@ def resolve(token: SocialToken) -> client.TokenEndpoint:
 
 
 def _for_token(token: SocialToken, endpoint: client.TokenEndpoint) -> client.TokenEndpoint:
-    """``endpoint`` with this token's own parameters (:attr:`Quirks.sign_in_values`,
+    """``endpoint`` with this token's own parameters (:attr:`.registry.Entry.sign_in_values`,
     a fresh ``state``), or the refusal when its account lacks one."""
-    wanted = quirks(endpoint.provider)
+    wanted = entry(endpoint.provider)
     if not (wanted.sign_in_values or wanted.sends_state):
         return endpoint
     extra = token.account.extra_data if isinstance(token.account.extra_data, dict) else {}
@@ -394,7 +262,7 @@ def _resolve(token: SocialToken) -> client.TokenEndpoint:
     app = provider.app
     client_class = getattr(adapter, "client_class", OAuth2Client)
     client_id, client_secret = app.client_id, app.secret or ""
-    generator = GENERATED_SECRETS.get(type(provider).id)
+    generator = entry(type(provider).id).generated_secret
     if generator:
         try:
             allauth_client = client_class(
@@ -415,7 +283,8 @@ def _resolve(token: SocialToken) -> client.TokenEndpoint:
         expires_in_key=expires_in_key,
         issuer=_string(oidc.get("issuer")),
         jwks_uri=_string(oidc.get("jwks_uri")),
-        token_types=quirks(provider_key).token_types,
+        token_types=entry(provider_key).token_types,
+        errors=error_shapes(provider_key),
     )
 
 
