@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint docs settings-doc screenshots providers-doc clean
+.PHONY: test demo lint docs settings-doc messages screenshots providers-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ docs: $(VENV)/.test-installed
 settings-doc: $(VENV)/.test-installed
 	$(BIN)/python -c "from django_token_rotation.conf import settings_reference as r; \
 	open('docs/settings.rst', 'w').write(r())"
+
+# The translations (django_token_rotation/locale/): catalogues updated from the source, then
+# compiled (GNU gettext: apt-get install gettext). No source locations, so that moving code
+# does not change them; -P: the package's http.py must not shadow the standard library's.
+LANGUAGES := de es fr ja pt_BR
+messages: $(VENV)/.test-installed
+	cd django_token_rotation && DJANGO_SETTINGS_MODULE=tests.settings PYTHONPATH=.. \
+	../$(BIN)/python -P -m django makemessages --no-location --no-obsolete $(LANGUAGES:%=--locale=%) && \
+	DJANGO_SETTINGS_MODULE=tests.settings PYTHONPATH=.. ../$(BIN)/python -P -m django compilemessages
 
 # The pictures of the manual (docs/admin-*.png, docs/demo-*.png), taken at 1280 px by the
 # browser tests (Debian's chromium through Playwright).

@@ -224,9 +224,12 @@ class Settings:
 
     @property
     def ID_TOKEN_LEEWAY(self) -> float:
-        """Seconds of clock skew tolerated when a refreshed ID token's ``iat``,
-        ``exp`` and ``nbf`` are checked: a provider whose clock runs this much
-        ahead or behind ours is not an error. At most 600 (check E005).
+        """Seconds of clock skew tolerated when a refreshed OpenID Connect ID token's ``iat``,
+        ``exp`` and ``nbf`` are checked: a provider whose clock runs up to this much ahead of or
+        behind ours is not an error. Between 0 and 600 (another value: ``token_rotation.E005``).
+        An ID token outside it, like any ID token that cannot be verified, does not sign anyone
+        out: the refreshed tokens are kept and only the account's stored claims are not updated
+        (see :doc:`errors`).
 
         :type: ``float``
         :default: ``300``
@@ -241,11 +244,16 @@ class Settings:
 
     @property
     def PROVIDER_ERRORS(self) -> dict[str, dict[str, str]]:
-        """A provider's error answers in its own words, by provider id: shape ->
-        the standard OAuth code it means (``invalid_grant``, ``invalid_client``,
-        ``server_error``, ``temporarily_unavailable``, ``slow_down``...). Added to
-        (and overriding) the shapes of the provider's registry entry; for in-house
-        providers, e.g. glewlwyd's ``{"http:400:empty": "invalid_grant"}``.
+        """A provider's error answers in its own words, by provider id (``SocialAccount.provider``;
+        for an OpenID Connect app its ``provider_id``): error shape -> the standard OAuth code it
+        means (``invalid_grant``, ``invalid_client``, ``unauthorized_client``, ``invalid_scope``,
+        ``unsupported_grant_type``, ``invalid_request``: sign in again; ``server_error``,
+        ``temporarily_unavailable``, ``slow_down``: try later). Added to, and overriding, the
+        shapes of the provider's registry entry. The shapes (``<error>``,
+        ``http:<status>:empty``, ...) and glewlwyd's example,
+        ``{"glewlwyd": {"http:400:empty": "invalid_grant"}}``, are in :doc:`providers`. Another
+        value is reported by ``manage.py check`` (``token_rotation.E005``; a shape no answer can
+        match: ``token_rotation.W010``).
 
         :type: ``dict[str, dict[str, str]]``
         :default: ``{}``

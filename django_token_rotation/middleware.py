@@ -154,14 +154,19 @@ class TokenRefreshMiddleware:
 
     def json_response(self, request: HttpRequest, error: TokenSession) -> HttpResponse | None:
         """A ``fetch``/XHR call from a browser (cookie session, allauth headless
-        browser clients included): ``401`` with ``error``, ``provider`` and
-        ``reauth_url`` (back to the ``Referer`` page)."""
+        browser clients included): ``401`` with ``error``, ``provider``,
+        ``reauth_url`` (back to the ``Referer`` page) and ``message`` (in the
+        request's language, for the page to show as it is)."""
         next_url = _local_path(request, request.headers.get("Referer"))
         return JsonResponse(
             {
                 "error": error.error,
                 "provider": error.provider,
                 "reauth_url": reauth_url(request, error, next_url),
+                "message": _(
+                    "Your sign-in with %(provider)s has expired. Please sign in again to continue."
+                )
+                % {"provider": error.provider_name or error.provider},
             },
             status=401,
         )

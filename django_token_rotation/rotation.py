@@ -211,7 +211,7 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
                 token_id=token.pk,
             ) from None
     try:
-        with transactions.bounded_lock_waits(alias, app_settings.WAIT):
+        with transactions.bounded_busy_wait(alias, app_settings.WAIT):
             return Flight(token, force=force).run(_refresh_holding)
     except DatabaseError as exc:
         if not transactions.is_busy(exc):
@@ -225,6 +225,12 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
         ) from None
 
 
+#: Seconds after its refresh during which a token an API refuses is not refreshed
+#: again: a refusal so soon is not about the token's age (a wrong audience or
+#: scope, an API that refuses every token), and would cost a refresh per request.
+REFUSED_SOON_AFTER_REFRESH = 30.0
+
+
 @contained
 @sensitive_variables()
 def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
@@ -234,13 +240,26 @@ def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
 
     The fence of the authorized HTTP clients (:mod:`.http`): however many callers
     see the same 401 at once, one refresh. A recorded back-off or refusal is
-    respected (unlike ``refresh(force=True)``).
+    respected (unlike ``refresh(force=True)``), and a token refreshed less than
+    :data:`REFUSED_SOON_AFTER_REFRESH` seconds ago is returned as it is.
     """
     state = store.reload(token)
     if token.token != rejected_access:
         access_token_for(token)
         return token
     Flight(token, force=False).check_blocked(state)
+    refreshed_at = state.last_refreshed_at
+    if refreshed_at is not None and expiry_module.now() - refreshed_at < datetime.timedelta(
+        seconds=REFUSED_SOON_AFTER_REFRESH
+    ):
+        logger.warning(
+            "An API refused token %s of provider %s within %d s of its refresh; "
+            "not refreshing it again so soon.",
+            token.pk,
+            store.provider_key(token),
+            REFUSED_SOON_AFTER_REFRESH,
+        )
+        return token
     return refresh(token, force=True)
 
 
@@ -317,13 +336,14 @@ def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
         answer = client.refresh_token_grant(endpoint, sent)
     except TokenRotationError as exc:
         return _refused(token, exc, sent, replay, started)
+    verdict = _checked_id_token(token, endpoint, answer)
     if store.store_answer(
         token,
         answer,
         sent,
         lease_id=flight.lease_id,
         elapsed=time.monotonic() - started,
-        id_token=_checked_id_token(token, endpoint, answer),
+        id_token=verdict,
         replay=replay,
     ):
         flight.released = True

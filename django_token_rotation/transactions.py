@@ -160,16 +160,15 @@ def outside(alias: str, function: Callable[[], T]) -> T:
 
 @contextmanager
 def bounded_lock_waits(alias: str, seconds: float) -> Iterator[None]:
-    """Inside, this thread's statements on ``alias`` give up on a lock after
-    ``seconds`` instead of waiting for the holder's transaction to end. Nothing
-    set on the connection outlives the block (pooled connections, pgbouncer):
+    """Inside, this thread's statements on ``alias`` give up on a row lock after
+    ``seconds`` instead of waiting for the holder's transaction to end (the
+    helper of :func:`outside`). Nothing set on the connection outlives the
+    block (pooled connections, pgbouncer):
 
     * PostgreSQL: each statement runs with ``SET LOCAL lock_timeout`` in its
       own transaction (or the one already open), which ends the setting;
     * MySQL/MariaDB: ``innodb_lock_wait_timeout`` for the session, put back to
-      the server's default when the block ends;
-    * SQLite: the busy timeout (how long a writer waits for the write lock),
-      put back as it was when the block ends or at :func:`before_send`.
+      the server's default when the block ends.
     """
     connection = connections[alias]
     if connection.vendor == "postgresql":
@@ -186,19 +185,30 @@ def bounded_lock_waits(alias: str, seconds: float) -> Iterator[None]:
             if connection.connection is not None:
                 with connection.cursor() as cursor:
                     cursor.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-    elif connection.vendor == "sqlite":
-        # On the driver's connection: a setting of this connection, no query.
-        connection.ensure_connection()
-        raw = connection.connection
-        (before,) = raw.execute("PRAGMA busy_timeout").fetchone()
-        raw.execute(f"PRAGMA busy_timeout = {max(int(seconds * 1000), 0)}")
-        _bounded.busy_timeout = (alias, before)
-        try:
-            yield
-        finally:
-            before_send(alias)
     else:
         yield
+
+
+@contextmanager
+def bounded_busy_wait(alias: str, seconds: float) -> Iterator[None]:
+    """SQLite: inside, a writer of this thread waits at most ``seconds`` for
+    another connection's write lock (the busy timeout), until :func:`before_send`
+    or the end of the block put the connection's own timeout back. Elsewhere:
+    nothing (in autocommit, row locks are short)."""
+    connection = connections[alias]
+    if connection.vendor != "sqlite":
+        yield
+        return
+    # On the driver's connection: a setting of this connection, no query.
+    connection.ensure_connection()
+    raw = connection.connection
+    (before,) = raw.execute("PRAGMA busy_timeout").fetchone()
+    raw.execute(f"PRAGMA busy_timeout = {max(int(seconds * 1000), 0)}")
+    _bounded.busy_timeout = (alias, before)
+    try:
+        yield
+    finally:
+        before_send(alias)
 
 
 _bounded = threading.local()
@@ -207,7 +217,7 @@ _bounded = threading.local()
 def before_send(alias: str) -> None:
     """Called right before a refresh token is sent: from now on the answer must
     be stored, so SQLite's writer waits the database's own busy timeout again
-    (a lock wait bounded by :func:`bounded_lock_waits` would lose the answer).
+    (a lock wait bounded by :func:`bounded_busy_wait` would lose the answer).
     Elsewhere the bound stays: a row lock held for longer is the caller's own
     transaction's, which would never let go."""
     bounded = getattr(_bounded, "busy_timeout", None)

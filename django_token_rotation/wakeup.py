@@ -56,7 +56,7 @@ CHANNEL = "django_token_rotation"
 RECONNECT_MAX = 30.0
 #: Seconds the listener waits for its own probe ``NOTIFY`` before it concludes
 #: that notifications cannot reach it (a transaction-pooling proxy).
-PROBE_TIMEOUT = 2.0
+PROBE_TIMEOUT = 5.0
 #: Payloads of probes start with this (token ids are numbers).
 PROBE_PREFIX = "probe-"
 

@@ -39,7 +39,54 @@ def _unavailable_servers() -> dict[str, str]:
     return problems
 
 
+def _reading_from_the_replica(items: list[pytest.Item]) -> None:
+    """Shape "replica" (tests/settings.py): the router reads from the ``replica``
+    alias, so every database test may use it."""
+    if "replica" not in django_settings.DATABASES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if marker is None and not fixtures & {"db", "transactional_db"}:
+            continue
+        args = marker.args if marker is not None else ()
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        if marker is None and "transactional_db" in fixtures:
+            kwargs["transaction"] = True
+        databases = kwargs.get("databases") or ["default"]
+        if databases != "__all__" and "replica" not in databases:
+            kwargs["databases"] = [*databases, "replica"]
+        item.add_marker(pytest.mark.django_db(*args, **kwargs), append=False)
+
+
+#: The modules `nox -s shapes` runs once per shape of tests/settings.py (marked
+#: ``shapes``: ``pytest -m shapes``): the engine, the middleware and sessions,
+#: the admin, headless. A name without a module is fine.
+SHAPES_MODULES = {
+    "test_rotation",
+    "test_singleflight",
+    "test_store",
+    "test_models",
+    "test_expiry",
+    "test_middleware",
+    "test_templatetags",
+    "test_admin",
+    "test_headless",
+    "test_refresh_tokens",
+    "test_background",
+}
+#: And in the shapes of the database (all but the session and user shapes), the
+#: transactions, processes and deadlines against every database (``shapes_db``).
+SHAPES_DB_MODULES = {"test_transactions", "test_concurrency", "test_deadline", "test_recovery"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _reading_from_the_replica(items)
+    for item in items:
+        if item.path.stem in SHAPES_MODULES:
+            item.add_marker(pytest.mark.shapes)
+        elif item.path.stem in SHAPES_DB_MODULES:
+            item.add_marker(pytest.mark.shapes_db)
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:

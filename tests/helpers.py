@@ -26,9 +26,11 @@ import requests
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import OperationalError, connections
+from django.test import Client
 from django.utils import timezone
 
 from django_token_rotation import TokenRefreshUnavailable
@@ -108,6 +110,13 @@ def seed_many(app: SocialApp) -> list[Any]:
 def stored(token: SocialToken) -> SocialToken:
     """The token as the database has it now."""
     return SocialToken.objects.get(pk=token.pk)
+
+
+def save_session(client: Client, session: SessionBase) -> None:
+    """Save a session changed outside a request and hand it to ``client``: under
+    signed-cookie sessions the cookie is the session, a new one at every save."""
+    session.save()
+    client.cookies[settings.SESSION_COOKIE_NAME] = str(session.session_key)
 
 
 def access(alias: str) -> str:

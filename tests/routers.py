@@ -49,13 +49,24 @@ class PrimaryReplicaRouter:
         self.primary = primary
         self.replica = replica
 
-    def db_for_read(self, model: Any, **hints: Any) -> str:
+    def _elsewhere(self, hints: dict[str, Any]) -> bool:
+        """A row of another database altogether (the suite's ``postgres`` and
+        ``mariadb`` aliases, used explicitly): not this router's business."""
+        instance = hints.get("instance")
+        db = getattr(getattr(instance, "_state", None), "db", None)
+        return db is not None and db not in (self.primary, self.replica)
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        if self._elsewhere(hints):
+            return None
         blocks = connections[self.primary].atomic_blocks
         if any(getattr(block, "_from_testcase", False) for block in blocks):
             return self.primary
         return self.replica
 
-    def db_for_write(self, model: Any, **hints: Any) -> str:
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        if self._elsewhere(hints):
+            return None
         return self.primary
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool:

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import tempfile
+from typing import cast
 
 SECRET_KEY = "tests-only-not-secret"
 # The gunicorn servers of tests/test_transactions.py serve this project on 127.0.0.1.
@@ -81,6 +82,11 @@ TEMPLATES = [
     }
 ]
 
+# The shapes below change these (database sessions, Django's user: the base shape).
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_CACHE_ALIAS = "default"
+AUTH_USER_MODEL = "auth.User"
+
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
@@ -89,7 +95,9 @@ AUTHENTICATION_BACKENDS = [
 SOCIALACCOUNT_STORE_TOKENS = True
 SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CACHES: dict[str, dict[str, object]] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -205,6 +213,121 @@ if PGBOUNCER_AVAILABLE:
         "DISABLE_SERVER_SIDE_CURSORS": True,
         "TEST": {"MIRROR": "postgres"},
     }
+
+
+# -- shapes ----------------------------------------------------------------------
+# The shapes real sites have, switched on from the environment, several at once:
+#   TOKEN_ROTATION_TEST_SHAPES=usetz_false,atomic_requests .venv/bin/python -m pytest
+# `nox -s shapes` runs the marked subset (``shapes`` marker, tests/conftest.py)
+# once per shape; `nox -s usetz_false` runs the whole suite under USE_TZ = False.
+# Subprocesses the tests start inherit the environment, so they run in the same
+# shape. To add a shape: a function below that changes these settings, and its
+# name in SHAPES (and in noxfile.SHAPES, so that CI runs it).
+
+
+def _usetz_false() -> None:
+    global USE_TZ
+    USE_TZ = False
+
+
+def _atomic_requests() -> None:
+    for db in DATABASES.values():
+        db["ATOMIC_REQUESTS"] = True
+
+
+def _conn_max_age() -> None:
+    for db in DATABASES.values():
+        db["CONN_MAX_AGE"] = 60
+        db["CONN_HEALTH_CHECKS"] = True
+
+
+def _psycopg_pool() -> None:
+    # Django's connection pool (psycopg_pool) on every PostgreSQL alias.
+    for db in DATABASES.values():
+        if db["ENGINE"] == "django.db.backends.postgresql":
+            options = cast("dict[str, object]", db.get("OPTIONS", {}))
+            db["OPTIONS"] = {**options, "pool": {"min_size": 1, "max_size": 8}}
+
+
+def _signed_cookie_sessions() -> None:
+    global SESSION_ENGINE
+    SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+
+
+def _cache_sessions() -> None:
+    # Sessions in Redis through Django's own Redis cache backend, in an alias of
+    # their own: tests clear the default cache, and Redis's FLUSHDB would reach
+    # the other processes of the run. Keys carry this process's id.
+    global SESSION_ENGINE, SESSION_CACHE_ALIAS
+    CACHES["sessions"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ.get("TOKEN_ROTATION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": f"token-rotation-tests-{os.getpid()}",
+        "TIMEOUT": 600,
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+    SESSION_CACHE_ALIAS = "sessions"
+
+
+def _cached_db_sessions() -> None:
+    _cache_sessions()
+    global SESSION_ENGINE
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+
+def _custom_user() -> None:
+    global AUTH_USER_MODEL
+    INSTALLED_APPS.append("tests.uuid_user")
+    AUTH_USER_MODEL = "uuid_user.User"
+
+
+def _default_postgres() -> None:
+    # The engine's tests run against ``default``: make it PostgreSQL.
+    if not POSTGRES_AVAILABLE:
+        raise RuntimeError("the default_postgres shape needs PostgreSQL (see tests/settings.py)")
+    DATABASES["default"] = {**PG, "TEST": {"NAME": f"test_token_rotation_default_{os.getpid()}"}}
+
+
+def _default_mariadb() -> None:
+    if not MARIADB_AVAILABLE:
+        raise RuntimeError(f"the default_mariadb shape needs MariaDB: {MARIADB_PROBLEM}")
+    DATABASES["default"] = {
+        **MARIADB,
+        "TEST": {"NAME": f"test_token_rotation_default_{os.getpid()}", "CHARSET": "utf8mb4"},
+    }
+
+
+def _replica() -> None:
+    """Applied at the end of this module, after a worker's own database is set."""
+
+
+#: Shape name -> what it changes.
+SHAPES = {
+    "replica": _replica,
+    "usetz_false": _usetz_false,
+    "atomic_requests": _atomic_requests,
+    "conn_max_age": _conn_max_age,
+    "psycopg_pool": _psycopg_pool,
+    "signed_cookie_sessions": _signed_cookie_sessions,
+    "cache_sessions": _cache_sessions,
+    "cached_db_sessions": _cached_db_sessions,
+    "custom_user": _custom_user,
+    "default_postgres": _default_postgres,
+    "default_mariadb": _default_mariadb,
+}
+# The database shapes first: the others change every alias, "default" included.
+_ORDER = ["default_postgres", "default_mariadb"]
+ACTIVE_SHAPES = [
+    name.strip()
+    for name in os.environ.get("TOKEN_ROTATION_TEST_SHAPES", "").split(",")
+    if name.strip()
+]
+for _shape in sorted(ACTIVE_SHAPES, key=lambda name: name not in _ORDER):
+    if _shape not in SHAPES:
+        raise RuntimeError(
+            f"TOKEN_ROTATION_TEST_SHAPES: unknown shape {_shape!r}; known: {', '.join(SHAPES)}"
+        )
+    SHAPES[_shape]()
 
 # A worker process of the concurrency tests gets the exact database it must use.
 if os.environ.get("TOKEN_ROTATION_TEST_WORKER_DB"):

@@ -1,6 +1,6 @@
 """answers.interpret and answers.judge_error: what an answer leads to, before anything is
 written. Pure functions, tested as tables; the writing is tested through the engine
-(test_refresh_token_kept.py, test_lost_rotation.py, test_rotation.py)."""
+(test_store.py, test_lost_rotation.py, test_rotation.py)."""
 
 from __future__ import annotations
 

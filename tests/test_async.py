@@ -15,7 +15,6 @@ import datetime
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,12 +39,11 @@ from django_token_rotation import (
     get_access_token,
 )
 from django_token_rotation.aio import MAX_THREADS
-from tests.conftest import MakeToken
+from tests.helpers import ALIASES, ROOT, MakeToken, free_port, seed
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
-from tests.test_concurrency import ALIASES, seed
 
-ROOT = Path(__file__).resolve().parent.parent
 CALLERS = 64
+SERVED = 40
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -202,12 +200,6 @@ DATABASES = [
 APPLICATION_NAME = f"token-rotation-uvicorn-{os.getpid()}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def uvicorn(alias: str, token_url: str) -> Iterator[tuple[str, int]]:
     """The test project under uvicorn (one process, one event loop) on ``alias``;
@@ -284,10 +276,11 @@ def server_connections(alias: str, pid: int) -> int:
 
 @pytest.mark.parametrize("alias", DATABASES)
 @pytest.mark.django_db(transaction=True, databases=ALIASES)
-def test_64_concurrent_async_requests_under_uvicorn_refresh_once(
+def test_concurrent_async_requests_under_uvicorn_refresh_once(
     alias: str, scripted: ScriptedServer, settings: Any
 ) -> None:
-    """64 requests to an async view calling ``aget_access_token`` at once, the
+    """40 requests to an async view calling ``aget_access_token`` at once (each
+    holds a database connection; the PostgreSQL server is shared), the
     token expired, the endpoint taking 2 s: one refresh, every request gets the
     new token, ``/health/`` answers meanwhile (the loop is not blocked), and the
     server holds no database connection afterwards."""
@@ -316,18 +309,18 @@ def test_64_concurrent_async_requests_under_uvicorn_refresh_once(
         prober = threading.Thread(target=probe)
         prober.start()
         started = time.monotonic()
-        with ThreadPoolExecutor(CALLERS) as pool:
-            results = list(pool.map(call, range(CALLERS)))
+        with ThreadPoolExecutor(SERVED) as pool:
+            results = list(pool.map(call, range(SERVED)))
         took = time.monotonic() - started
         prober.join()
         time.sleep(0.5)  # connections are closed as each response finishes
         after = server_connections(alias, pid)
     print(
-        f"\n[{alias}] {CALLERS} async requests under uvicorn: {took:.2f} s, token requests "
+        f"\n[{alias}] {SERVED} async requests under uvicorn: {took:.2f} s, token requests "
         f"{len(scripted.token_requests)}, /health/ meanwhile {health[0] * 1000:.0f} ms, "
         f"server connections {baseline} -> {after}"
     )
-    assert results == [(200, {"sha256": digest("new-access")})] * CALLERS
+    assert results == [(200, {"sha256": digest("new-access")})] * SERVED
     assert len(scripted.token_requests) == 1
     assert health[0] < 1.2  # a blocked loop: >= 1.7 s
     assert after <= baseline

@@ -14,8 +14,8 @@ consent step driven by a ``requests`` session standing in for the browser.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-import re
 import secrets
 import time
 from collections import Counter
@@ -27,12 +27,16 @@ import jwt
 import pytest
 import requests
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.test import AsyncClient
 from django.utils import timezone
 
+from django_token_rotation.models import TokenState
 from tests.glewlwyd.fixture import ACCESS_TOKEN_LIFETIME, Glewlwyd
-from tests.test_concurrency import (
+from tests.glewlwyd.fixture import version as glewlwyd_version
+from tests.helpers import (
     ALIASES,
     DATABASES,
     PROCESSES,
@@ -157,8 +161,11 @@ def test_sign_in_stores_glewlwyds_tokens(sign_in: Any, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refreshes(user.username) == 0
 
 
-def test_expiry_refreshes_once_through_the_middleware(sign_in: Any, glewlwyd: Glewlwyd) -> None:
+def test_expiry_refreshes_once_through_the_middleware(
+    sign_in: Any, glewlwyd: Glewlwyd, hidden_secrets: list[str]
+) -> None:
     user = sign_in()
+    hidden_secrets += [user.token.token, user.token.token_secret, glewlwyd.client_secret]
     first = (user.token.token, user.token.token_secret)
     user.page()  # fresh: nothing to do
     assert glewlwyd.refreshes(user.username) == 0
@@ -170,6 +177,7 @@ def test_expiry_refreshes_once_through_the_middleware(sign_in: Any, glewlwyd: Gl
     assert glewlwyd.refreshes(user.username) == 1
     assert glewlwyd.refused() == refused
     token = SocialToken.objects.get(pk=user.token.pk)
+    hidden_secrets += [token.token, token.token_secret]  # never in a log record
     assert token.token != first[0]
     assert token.token_secret and token.token_secret != first[1]  # the rotated one, stored
     assert token.expires_at is not None and token.expires_at > timezone.now()
@@ -178,6 +186,30 @@ def test_expiry_refreshes_once_through_the_middleware(sign_in: Any, glewlwyd: Gl
     # What we stored is glewlwyd's live refresh token (and the spent one is dead).
     assert glewlwyd.refresh(token.token_secret).status_code == 200
     assert glewlwyd.refreshes(user.username) == 2
+
+
+async def test_expiry_refreshes_once_through_the_async_middleware(
+    sign_in: Any, glewlwyd: Glewlwyd, async_client: AsyncClient
+) -> None:
+    """The same, through the middleware's async path (an ``async def`` view under
+    Django's async test client), with the session the sign-in made."""
+    user = await sync_to_async(sign_in)()
+    async_client.cookies["sessionid"] = user.browser.cookies["sessionid"]
+    first = user.token.token_secret
+    assert (await async_client.get("/async-page/")).status_code == 200
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 0
+
+    assert user.token.expires_at is not None
+    due = user.token.expires_at - datetime.timedelta(seconds=LEEWAY)
+    await asyncio.sleep(max(0.0, (due - timezone.now()).total_seconds() + 0.5))
+    response = await async_client.get("/async-page/")
+
+    assert response.status_code == 200 and response.content == b"async ok"
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 1
+    token = await SocialToken.objects.aget(pk=user.token.pk)
+    assert token.token_secret and token.token_secret != first
+    assert (await async_client.get("/async-page/")).status_code == 200
+    assert await sync_to_async(glewlwyd.refreshes)(user.username) == 1
 
 
 @pytest.mark.parametrize("alias", DATABASES)
@@ -238,23 +270,50 @@ def test_burst_of_processes_refreshes_once(alias: str, glewlwyd: Glewlwyd) -> No
     assert glewlwyd.refused() == refused
 
 
-def test_revocation_at_glewlwyd_ends_at_the_prompt(sign_in: Any, glewlwyd: Glewlwyd) -> None:
+@pytest.mark.parametrize(
+    ("rules", "calls", "code"),
+    [
+        pytest.param({}, 2, "refusal_confirmed", id="bodiless-4xx-rule"),
+        pytest.param(
+            {"glewlwyd": {"http:400:empty": "invalid_grant"}},
+            1,
+            "invalid_grant",
+            id="provider-errors-setting",
+        ),
+    ],
+)
+def test_revocation_at_glewlwyd_ends_at_the_prompt(
+    sign_in: Any,
+    glewlwyd: Glewlwyd,
+    settings: Any,
+    rules: dict[str, dict[str, str]],
+    calls: int,
+    code: str,
+    hidden_secrets: list[str],
+) -> None:
+    """glewlwyd's bare 400 is a refusal: confirmed by one more call, or at the first
+    with the ``TOKEN_ROTATION_PROVIDER_ERRORS`` rule docs/providers.rst gives for it."""
+    settings.TOKEN_ROTATION_PROVIDER_ERRORS = rules
     user = sign_in()
+    hidden_secrets += [user.token.token, user.token.token_secret, glewlwyd.client_secret]
     assert glewlwyd.revoke_grants(user.username, user.password) == 1
     refused = glewlwyd.refused()
 
     wait_until_due(user.token)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     page = user.page()
     while PROMPT not in page and time.monotonic() < deadline:
         time.sleep(0.5)
         page = user.page()
 
-    calls = glewlwyd.refused() - refused
-    assert PROMPT in page, f"no prompt after {calls} refused refreshes"
-    assert 1 <= calls <= 2  # the refusal, at most one confirming retry
+    assert PROMPT in page, f"no prompt after {glewlwyd.refused() - refused} refused refreshes"
+    assert "[RefreshAccessTokenError]" in page
+    for _ in range(3):  # and no more calls: the grant is known dead
+        user.page()
+    assert glewlwyd.refused() - refused == calls
     assert glewlwyd.refreshes(user.username) == 0
-    assert re.search(r"\[RefreshAccessTokenError\]", page)
+    state = TokenState.objects.get(token_id=user.token.pk)
+    assert state.needs_reauth and state.last_error == code
     token = SocialToken.objects.get(pk=user.token.pk)
     assert token.token_secret == user.token.token_secret  # nothing overwritten
 
@@ -294,7 +353,9 @@ def test_glewlwyd_refuses_with_a_bare_400(glewlwyd: Glewlwyd) -> None:
         glewlwyd.token_url, data={"grant_type": "bogus"}, auth=client, timeout=10
     )
 
+    seen = glewlwyd_version()
     for case, response in refusals.items():
+        case = f"{case} (glewlwyd {seen})"
         assert (response.status_code, response.content) == (400, b""), case
         assert response.headers.get("Content-Length") == "0", case
         assert "Content-Type" not in response.headers, case
@@ -323,3 +384,23 @@ def test_glewlwyd_wants_a_nonce(glewlwyd: Glewlwyd) -> None:
         "error": ["invalid_request"],
         "error_description": ["nonce required"],
     }
+
+
+def test_logout_revokes_the_grant_at_glewlwyd(
+    sign_in: Any, glewlwyd: Glewlwyd, settings: Any
+) -> None:
+    """``TOKEN_ROTATION_REVOKE_ON_LOGOUT``: RFC 7009 at glewlwyd's ``revocation_endpoint``."""
+    settings.TOKEN_ROTATION_REVOKE_ON_LOGOUT = True
+    user = sign_in()
+    refresh_token = user.token.token_secret
+
+    response = user.browser.post(
+        f"{user.site}/accounts/logout/",
+        data={"csrfmiddlewaretoken": user.browser.cookies["csrftoken"]},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+    assert response.status_code == 302
+    assert not SocialToken.objects.filter(pk=user.token.pk).exists()
+    assert glewlwyd.refresh(refresh_token).status_code == 400  # dead at glewlwyd

@@ -19,13 +19,15 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import connection
-from django.test import AsyncClient, Client
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncClient, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
-from tests.conftest import MakeToken
+from django_token_rotation.middleware import TokenRefreshMiddleware
+from tests.helpers import MakeToken
 from tests.scripted_server import ScriptedServer, oauth_error
 from tests.test_middleware import clock as clock  # noqa: F401 (the fixture)
 from tests.test_middleware import sign_in_again_on
@@ -261,6 +263,34 @@ def test_stateless_jwt_access_tokens_are_left_alone(
     assert len(scripted.token_requests) == 1
 
 
+def test_app_request_unit_needs_no_cookie_session(
+    app: tuple[Client, dict[str, str]],
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    rf: RequestFactory,
+) -> None:
+    """The middleware alone (RequestFactory): an app request has no ``request.session``
+    of its own to read or write; the refresh and the summary go through its token's."""
+    _, headers = app
+    make_token(expires_in=-5)
+    request = rf.get("/api/", headers=headers)
+    assert not hasattr(request, "session")
+    seen: list[HttpRequest] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse("ok")
+
+    middleware = TokenRefreshMiddleware(view)
+    response = middleware(request)
+    assert response.content == b"ok"
+    assert seen == [request]
+    assert len(scripted.token_requests) == 1
+    assert not hasattr(request, "session")
+    assert token_session.KEY in headless_session(headers["X-Session-Token"])
+
+
 # -- a request that carries both a cookie and a session token -----------------------
 
 
@@ -423,3 +453,40 @@ def test_app_over_http_refresh_then_refused_grant(
         assert refused.status_code == 401
         assert refused.json()["errors"][0]["code"] == "RefreshAccessTokenError"
         assert "sessionid" not in http.cookies
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spa_over_http_refresh_then_refused_grant(
+    live_server: Any, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """A browser client as an SPA runs it: CSRF cookie, sign-in, fetch calls with the cookie."""
+    with requests.Session() as http:
+        http.get(f"{live_server.url}{BROWSER}/config", timeout=10)  # sets the CSRF cookie
+        login = http.post(
+            f"{live_server.url}{BROWSER}/auth/login",
+            json={"username": "alice", "password": "pw"},
+            headers={"X-CSRFToken": http.cookies["csrftoken"]},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        assert "sessionid" in http.cookies
+
+        token = make_token(expires_in=-5)
+        assert http.get(f"{live_server.url}/api/", headers=FETCH, timeout=10).ok
+        token.refresh_from_db()
+        assert token.token == "new-access"
+
+        SocialToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+        scripted.script(oauth_error("invalid_grant"))
+        session = headless_session(http.cookies["sessionid"])
+        summary = dict(session[token_session.KEY])
+        summary[token_session.CHECK_AT] = 0  # look at the database on the next request
+        session[token_session.KEY] = summary
+        session.save()
+        refused = http.get(f"{live_server.url}/api/", headers=FETCH, timeout=10)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "RefreshAccessTokenError"
+        assert refused.json()["reauth_url"].startswith("/accounts/fake/login/?process=login")
+        state = http.get(f"{live_server.url}{BROWSER}/auth/session", headers=FETCH, timeout=10)
+        assert state.status_code == 200
+        assert state.headers["Token-Rotation-Error"] == "RefreshAccessTokenError"

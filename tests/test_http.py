@@ -36,12 +36,17 @@ from django_token_rotation.http import (
     google_credentials,
     should_refresh,
 )
-from tests.conftest import MakeToken
+from django_token_rotation.models import TokenState
+from django_token_rotation.rotation import REFUSED_SOON_AFTER_REFRESH
+from tests.helpers import ALIASES, MakeToken, connect, seed
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
+from tests.test_async import DATABASES as UVICORN_DATABASES
+from tests.test_async import uvicorn
 
 pytestmark = [pytest.mark.usefixtures("hidden_secrets"), pytest.mark.django_db(transaction=True)]
 
 CALLERS = 64
+SERVED = 24
 
 
 @dataclass
@@ -246,6 +251,8 @@ def test_a_token_refreshed_meanwhile_is_taken_without_a_refresh(
 def test_no_401_loop_when_the_api_refuses_every_token(
     live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
 ) -> None:
+    """One retry per request; and a token refused within 30 s of its refresh is not
+    refreshed again (an API that refuses every token costs no refresh per request)."""
     api.valid = set()
     scripted.script(tokens("new-access"), tokens("newer-access", "newer-refresh"))
     auth = TokenAuth(user, "fake")
@@ -253,9 +260,16 @@ def test_no_401_loop_when_the_api_refuses_every_token(
     assert first.status_code == 401
     assert api.tokens_seen() == ["old-access", "new-access"]  # one retry, no more
     assert len(scripted.token_requests) == 1
-    second = requests.get(api.url, auth=auth, timeout=10)
-    assert second.status_code == 401
-    assert api.tokens_seen()[2:] == ["new-access", "newer-access"]
+    for _ in range(3):
+        assert requests.get(api.url, auth=auth, timeout=10).status_code == 401
+    assert api.tokens_seen()[2:] == ["new-access"] * 3  # sent once each, not retried
+    assert len(scripted.token_requests) == 1
+    # Once the refresh is REFUSED_SOON_AFTER_REFRESH old, a refusal refreshes again.
+    TokenState.objects.filter(token=live_token).update(
+        last_refreshed_at=timezone.now() - datetime.timedelta(seconds=REFUSED_SOON_AFTER_REFRESH)
+    )
+    assert requests.get(api.url, auth=auth, timeout=10).status_code == 401
+    assert api.tokens_seen()[5:] == ["new-access", "newer-access"]
     assert len(scripted.token_requests) == 2
 
 
@@ -365,6 +379,7 @@ def test_httpx_sync_client_retries_once_after_one_refresh(
         assert api.tokens_seen() == ["old-access", "new-access"]
         assert api.seen[0].body == api.seen[1].body
         api.valid = set()
+        TokenState.objects.filter(token=live_token).update(last_refreshed_at=None)
         scripted.script(tokens("newer-access", "newer-refresh"))
         assert client.get(api.url).status_code == 401  # one retry, no loop
     assert api.tokens_seen()[2:] == ["new-access", "newer-access"]
@@ -477,8 +492,6 @@ def test_a_token_the_provider_no_longer_honours_is_replaced_once(provider: Any) 
     valid for an hour (a provider that shortened it, a clock skew). 16 concurrent
     calls to the provider's userinfo API get a 401; one refresh (rotating the
     refresh token) replaces the token, and every call succeeds."""
-    from tests.test_with_provider import connect
-
     provider.set_access_token_lifetime(1)
     try:
         user, token = connect("default", provider)
@@ -500,3 +513,44 @@ def test_a_token_the_provider_no_longer_honours_is_replaced_once(provider: Any) 
         statuses = list(pool.map(in_thread(call), range(16)))
     assert statuses == [200] * 16
     assert provider.stats()["refresh_calls"] == 1
+
+
+# -- the same in a served site, on every database -------------------------------------
+
+
+@pytest.mark.parametrize("view", ["api-call", "async-api-call"], ids=["requests", "httpx-async"])
+@pytest.mark.parametrize("alias", UVICORN_DATABASES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_concurrent_401s_in_views_under_uvicorn_cause_one_refresh(
+    alias: str, view: str, scripted: ScriptedServer, api: ApiServer
+) -> None:
+    """24 concurrent requests to a view (sync with ``TokenAuth``, async with
+    ``HttpxTokenAuth``) of the site under uvicorn, each calling the API, which
+    answers all of them with a 401 at once: one refresh, on SQLite and PostgreSQL.
+    (24, not 64: each request holds a database connection of its own, and the
+    PostgreSQL server is shared with other test runs.)"""
+    app = SocialApp.objects.using(alias).create(
+        provider="fake", name="F", client_id="c", secret="s"
+    )
+    user = seed(alias, provider="fake", app=app, expires_in=3600)
+    api.barrier = threading.Barrier(SERVED)
+    scripted.script(Reply(200, tokens().body, delay=0.3))
+    with uvicorn(alias, scripted.token_url) as (url, _):
+
+        def call(_: int) -> Any:
+            response = requests.get(
+                f"{url}/{view}/", params={"user": user.pk, "url": api.url}, timeout=120
+            )
+            if response.headers.get("Content-Type") != "application/json":
+                return {"status": response.status_code, "body": response.text[-300:]}
+            return response.json()
+
+        with ThreadPoolExecutor(SERVED) as pool:
+            results = list(pool.map(call, range(SERVED)))
+    print(
+        f"\n[{alias}, {view}] {SERVED} views got a 401: token requests "
+        f"{len(scripted.token_requests)}, API requests {len(api.seen)}"
+    )
+    assert results == [{"status": 200}] * SERVED
+    assert len(scripted.token_requests) == 1
+    assert sorted(api.tokens_seen(), key=str) == ["new-access"] * SERVED + ["old-access"] * SERVED

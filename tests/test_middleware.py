@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.signals import user_logged_in
 from django.core.management import call_command
-from django.db import connection
+from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -29,7 +29,7 @@ from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
 from django_token_rotation.middleware import TokenRefreshMiddleware
 from django_token_rotation.models import TokenState
-from tests.helpers import MakeToken
+from tests.helpers import MakeToken, save_session
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.django_db
@@ -150,7 +150,7 @@ def test_summary_is_trusted_until_the_token_is_due(
     summary = session[token_session.KEY]
     summary[token_session.CHECK_AT] = 0
     session[token_session.KEY] = summary
-    session.save()
+    save_session(signed_in, session)
     signed_in.get("/api/")
     assert len(scripted.token_requests) == 1
 
@@ -336,7 +336,7 @@ def test_signing_in_again_clears_the_error(
     request.session = engine.SessionStore(signed_in.session.session_key)
     user = revoked.account.user
     user_logged_in.send(sender=type(user), request=request, user=user)
-    request.session.save()
+    save_session(signed_in, request.session)
 
     response = signed_in.get("/page/")
     assert error_in(response) == ""
@@ -372,7 +372,7 @@ def sign_in_again_on(client: Client, token: SocialToken) -> None:
     request.session = engine.SessionStore(client.session.session_key)
     user = token.account.user
     user_logged_in.send(sender=type(user), request=request, user=user)
-    request.session.save()
+    save_session(client, request.session)
 
 
 def test_a_sign_in_on_another_device_reaches_every_session_within_15_s(
@@ -534,7 +534,7 @@ def test_an_engine_failure_never_breaks_the_page(
     make_token(expires_in=-5)
 
     def database_gone(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("connection refused")
+        raise OperationalError("connection refused")
 
     # The engine's one read of the user's tokens (on the router's write database).
     monkeypatch.setattr(store, "newest_first", database_gone)
@@ -577,7 +577,7 @@ def test_a_provider_that_cannot_be_resolved_falls_back_to_the_login_page(
     SocialApp.objects.all().delete()
     session = signed_in.session  # a new session of the user (another device)
     del session[token_session.KEY]
-    session.save()
+    save_session(signed_in, session)
     response = signed_in.get("/api/", headers={"Accept": "application/json"})
     assert response.status_code == 401
     assert response.json()["reauth_url"].startswith("/accounts/login/")

@@ -26,8 +26,7 @@ from django.db import connections
 from django_token_rotation import wakeup
 from django_token_rotation.models import TokenState
 from tests import test_transactions as through
-from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import (
+from tests.helpers import (
     ALIASES,
     PROCESSES,
     THREADS,
@@ -36,6 +35,7 @@ from tests.test_concurrency import (
     start_workers,
     worker_env,
 )
+from tests.scripted_server import Reply, ScriptedServer, tokens
 
 BOUNCER = "pgbouncer"
 DATABASES = [*ALIASES, BOUNCER]
@@ -86,8 +86,12 @@ def test_wake_ups_through_pgbouncer_fall_back_to_polling_with_one_log_line(
     listener.join(timeout=10)
     assert not listener.is_alive()  # given up for good, not retrying
     assert not wakeup.listening(BOUNCER)
-    lines = [r.getMessage() for r in caplog.records if "wake-ups" in r.getMessage()]
-    assert len(lines) == 1 and "'pgbouncer'" in lines[0] and "pgbouncer" in lines[0], lines
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "wake-ups" in r.getMessage() and f"{BOUNCER!r}" in r.getMessage()
+    ]
+    assert len(lines) == 1 and "transaction-pooling proxy such as pgbouncer" in lines[0], lines
     # A waiter polls: it returns at its timeout, it does not hang.
     token = SocialToken(pk=1)
     token._state.db = BOUNCER

@@ -560,3 +560,51 @@ def test_battlenet_refreshes_from_the_command(
     assert request.path == "/oauth.battle.net/token"
     token.refresh_from_db()
     assert token.token_secret == "new-refresh"
+
+
+# -- each provider's error shapes, through its own allauth adapter ---------------------
+
+
+def _answer_in(shape: str) -> Reply:
+    """An answer in ``shape`` (docs/providers.rst, "Error answers")."""
+    kind, _, rest = shape.partition(":")
+    if kind == "graph":
+        return Reply(400, {"error": {"code": int(rest), "type": "OAuthException"}})
+    if kind == "message":
+        return Reply(400, {"status": 400, "message": rest.capitalize()})
+    if kind == "field":
+        field, _, code = rest.partition(":")
+        return Reply(400, {"message": "Bad Request", "errors": [{"field": field, "code": code}]})
+    if kind == "http":
+        status, _, empty = rest.partition(":")
+        return Reply(int(status), b"" if empty else "<html>refused</html>")
+    return Reply(200, {"ok": False, "error": shape})
+
+
+SHAPES = [
+    (provider_id, shape, meaning)
+    for provider_id, known in ENTRIES.items()
+    for shape, meaning in known.errors.items()
+]
+REPORTED_AS = {"slow_down": "rate_limited"}
+
+
+@pytest.mark.parametrize(
+    ("provider_id", "shape", "meaning"), SHAPES, ids=[f"{p}-{s}" for p, s, _ in SHAPES]
+)
+def test_each_providers_error_shapes_through_its_own_adapter(
+    site: ScriptedServer, django_user_model: Any, provider_id: str, shape: str, meaning: str
+) -> None:
+    from django_token_rotation import ReauthenticationRequired, TokenRefreshUnavailable
+
+    cls = registry.get_class(provider_id)
+    assert providers.refusal_reason(cls) is None, provider_id
+    token = make_token(cls, make_app(cls, site), django_user_model)
+    site.script(_answer_in(shape))
+    with pytest.raises((ReauthenticationRequired, TokenRefreshUnavailable)) as caught:
+        refresh(token, force=True)
+    assert caught.value.code == REPORTED_AS.get(meaning, meaning)
+    [request] = [r for r in site.received if "well-known" not in r.path]
+    assert request.path == expected_request(cls, token.app)[0]
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("old-access", "old-refresh")

@@ -356,3 +356,70 @@ def test_every_shape_of_the_registry_and_the_glewlwyd_example_can_match(settings
             assert SHAPE.fullmatch(shape), (provider_id, shape)
     settings.TOKEN_ROTATION_PROVIDER_ERRORS = {"glewlwyd": {"http:400:empty": "invalid_grant"}}
     assert check_provider_errors() == []
+
+
+HTML = ("text/html", b"<html><body>Bad Request</body></html>")
+EMPTY = ("", b"")
+GLEWLWYD = {"http:400:empty": "invalid_grant"}
+
+#: (the provider's error shapes, status, (content type, body)) -> the code it is reported as.
+SHAPES: dict[str, tuple[dict[str, str], int, tuple[str, bytes], str]] = {
+    "empty 400, no rule": ({}, 400, EMPTY, "refusal_unconfirmed"),
+    "empty 400, glewlwyd's rule": (GLEWLWYD, 400, EMPTY, "invalid_grant"),
+    "HTML 400, glewlwyd's rule (empty only)": (GLEWLWYD, 400, HTML, "refusal_unconfirmed"),
+    "empty 401, glewlwyd's rule (400 only)": (GLEWLWYD, 401, EMPTY, "refusal_unconfirmed"),
+    "HTML 400, a rule for any 400": ({"http:400": "invalid_grant"}, 400, HTML, "invalid_grant"),
+    "an OAuth error wins over the status rule": (
+        {"http:400": "invalid_grant"},
+        400,
+        ("application/json", b'{"error": "invalid_client"}'),
+        "invalid_client",
+    ),
+    "5xx stays temporary whatever a rule says": (
+        {"http:503:empty": "invalid_grant"},
+        503,
+        EMPTY,
+        "server_error",
+    ),
+    "429 stays temporary whatever a rule says": (
+        {"http:429:empty": "invalid_grant"},
+        429,
+        EMPTY,
+        "rate_limited",
+    ),
+    "408 is a timeout": ({}, 408, EMPTY, "timeout"),
+    "a rule may say later": (
+        {"http:400:empty": "temporarily_unavailable"},
+        400,
+        EMPTY,
+        "temporarily_unavailable",
+    ),
+    "an error code renamed": (
+        {"bad_refresh_token": "invalid_grant"},
+        200,
+        ("application/json", b'{"error": "bad_refresh_token"}'),
+        "invalid_grant",
+    ),
+    "an unknown error code at 200": (
+        {},
+        200,
+        ("application/json", b'{"error": "bad_refresh_token"}'),
+        "unexpected_response",
+    ),
+}
+
+
+@pytest.mark.parametrize(("shapes", "status", "answer", "expected"), SHAPES.values(), ids=SHAPES)
+def test_error_shapes_as_a_table(
+    shapes: dict[str, str], status: int, answer: tuple[str, bytes], expected: str
+) -> None:
+    from django_token_rotation.client import TokenEndpoint, parse_token_response
+    from django_token_rotation.exceptions import TokenRotationError
+
+    endpoint = TokenEndpoint(
+        url="https://p.example/token", client_id="c", client_secret="s", provider="p", errors=shapes
+    )
+    with pytest.raises(TokenRotationError) as caught:
+        parse_token_response(endpoint, status, *answer)
+    assert caught.value.code == expected
+    assert caught.value.permanent == (expected in ("invalid_grant", "invalid_client"))

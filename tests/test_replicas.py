@@ -30,9 +30,9 @@ from django.utils import timezone
 from django_token_rotation import get_access_token, refresh
 from django_token_rotation.models import RefreshEvent, TokenState
 from django_token_rotation.rotation import access_token_for
+from tests.helpers import ALIASES, seed
 from tests.routers import AllOn, PrimaryReplicaRouter, read_only_replica
 from tests.scripted_server import Reply, ScriptedServer, tokens
-from tests.test_concurrency import ALIASES, seed
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -215,3 +215,39 @@ def test_every_model_on_a_database_that_is_not_default(
     assert not SocialToken.objects.using("default").exists()
     assert not TokenState.objects.using("default").exists()
     assert SocialAccount.objects.using(alias).count() == 1
+
+
+@pytest.mark.parametrize("alias", PRIMARIES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_revocation_on_logout_deletes_on_the_primary(
+    alias: str, scripted: ScriptedServer, settings: Any
+) -> None:
+    from allauth.socialaccount.models import SocialAccount
+    from django.contrib.auth.signals import user_logged_out
+    from django.core.cache import cache
+
+    cache.clear()  # no discovery document of another test's server
+    settings.TOKEN_ROTATION_REVOKE_ON_LOGOUT = True
+    scripted.script(Reply(200, ""))
+    app = SocialApp.objects.using(alias).create(
+        provider="openid_connect",
+        provider_id="scripted",
+        name="Scripted OIDC",
+        client_id="oidc-client",
+        secret="oidc-secret",
+        settings={
+            "server_url": scripted.base_url,
+            "openid_configuration_overrides": {
+                "revocation_endpoint": f"{scripted.base_url}/revoke"
+            },
+        },
+    )
+    user = get_user_model().objects.db_manager(alias).create_user("leaver")
+    account = SocialAccount.objects.using(alias).create(user=user, provider="scripted", uid="l1")
+    SocialToken.objects.using(alias).create(
+        app=app, account=account, token="old-access", token_secret="old-refresh"
+    )
+    with replica_of(alias):
+        user_logged_out.send(sender=type(user), request=None, user=user)
+    assert [r.path for r in scripted.received if r.path == "/revoke"] == ["/revoke"]
+    assert not SocialToken.objects.using(alias).exists()

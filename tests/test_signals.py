@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +21,8 @@ from django_token_rotation import (
     signals,
 )
 from django_token_rotation.models import RefreshEvent
-from tests.conftest import MakeToken
+from tests.helpers import ROOT, MakeToken
 from tests.scripted_server import ScriptedServer, oauth_error
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.usefixtures("hidden_secrets"), pytest.mark.django_db(transaction=True)]
 

@@ -265,3 +265,47 @@ def test_a_burst_of_rolled_back_transactions_refreshes_once(alias: str, provider
     assert [r.get("token") for r in results] == [token.token] * PROCESSES * THREADS
     assert stats["refresh_calls"] == 1
     assert userinfo(provider, token.token) == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_a_due_token_held_up_by_a_write_lock_is_handed_out_as_it_is(
+    scripted: ScriptedServer, settings: Any
+) -> None:
+    """SQLite: another request's write transaction holds the lock; the token
+    is due (inside the leeway) but still valid. The claim waits at most
+    ``TOKEN_ROTATION_WAIT`` (not the 30-s busy timeout), nothing is sent, the
+    current token is handed out; once the lock is gone the next call refreshes."""
+    settings.TOKEN_ROTATION_WAIT = 1
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    scripted.script(tokens())
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    seed("default", provider="fake", app=app, expires_in=30)
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        try:
+            with transaction.atomic():
+                get_user_model().objects.create_user("writer")
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        started = time.monotonic()
+        handed_out = access("default")
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join()
+    print(f"\n[sqlite] a due token behind a write lock: handed out after {waited:.2f} s")
+    assert handed_out == "old-access"
+    assert waited < 2.5
+    assert scripted.token_requests == []
+    state = TokenState.objects.filter(token__isnull=False).first()
+    assert state is None or (state.lease_id, state.inflight_fingerprint) == ("", "")
+    assert access("default") == "new-access"

@@ -68,3 +68,37 @@ async def async_token_view(request: HttpRequest) -> JsonResponse:
     except TokenRotationError as exc:
         return JsonResponse({"error": exc.code}, status=503)
     return JsonResponse({"sha256": hashlib.sha256(token.encode()).hexdigest()})
+
+
+def api_call_view(request: HttpRequest) -> JsonResponse:
+    """Call ``?url=`` for ``?user=`` with the ``requests`` client of
+    ``django_token_rotation.http`` (a sync view: under ASGI, in a thread)."""
+    import requests
+    from django.contrib.auth import get_user_model
+
+    from django_token_rotation import TokenRotationError
+    from django_token_rotation.http import TokenAuth
+
+    user = get_user_model().objects.get(pk=request.GET["user"])
+    try:
+        response = requests.get(request.GET["url"], auth=TokenAuth(user, "fake"), timeout=60)
+    except TokenRotationError as exc:
+        return JsonResponse({"error": exc.code}, status=503)
+    return JsonResponse({"status": response.status_code})
+
+
+async def async_api_call_view(request: HttpRequest) -> JsonResponse:
+    """The same with an ``httpx.AsyncClient`` and ``HttpxTokenAuth``."""
+    import httpx
+    from django.contrib.auth import get_user_model
+
+    from django_token_rotation import TokenRotationError
+    from django_token_rotation.http import HttpxTokenAuth
+
+    user = await get_user_model().objects.aget(pk=request.GET["user"])
+    try:
+        async with httpx.AsyncClient(auth=HttpxTokenAuth(user, "fake"), timeout=60) as client:
+            response = await client.get(request.GET["url"])
+    except TokenRotationError as exc:
+        return JsonResponse({"error": exc.code}, status=503)
+    return JsonResponse({"status": response.status_code})

@@ -9,8 +9,14 @@ set -euo pipefail
 apt_install glewlwyd
 echo "glewlwyd $(glewlwyd --version)"
 # What the fixture needs from the package: the server, its OpenID Connect
-# plugin and the SQLite schema it is seeded from.
-for needed in /usr/lib/glewlwyd/plugin/libprotocol_oidc.so \
-    /usr/share/doc/glewlwyd/database/init.sqlite3.sql.gz; do
-    [ -e "$needed" ] || { echo "glewlwyd package lacks $needed"; exit 1; }
+# plugin and a SQLite schema to seed from (tests/glewlwyd/fixture.py: SCHEMAS).
+[ -e /usr/lib/glewlwyd/plugin/libprotocol_oidc.so ] \
+    || { echo "the glewlwyd package lacks its OpenID Connect plugin"; exit 1; }
+schema=""
+for candidate in /usr/share/doc/glewlwyd/database/init.sqlite3.sql.gz \
+    /usr/share/doc/glewlwyd/database/init.sqlite3.sql \
+    /usr/share/dbconfig-common/data/glewlwyd/install/sqlite3; do
+    [ -e "$candidate" ] && { schema="$candidate"; break; }
 done
+[ -n "$schema" ] || { echo "the glewlwyd package lacks its SQLite schema"; exit 1; }
+echo "glewlwyd schema: $schema"

@@ -9,8 +9,9 @@
 # dependencies (DRF, django-ninja, python3-saml, ...) never leak into ours.
 # ALLAUTH_SUITE_WITHOUT_APP=1 runs allauth's settings unchanged (the baseline);
 # ALLAUTH_SUITE_WORKERS sets xdist's workers (2; 0 runs in one process).
-# Measured on the 2-core machine: 2,519 passed, 1 skipped in about 170 s with
-# 2 workers, plus about a minute to make the virtualenv the first time.
+# Measured on the 2-core machine (django-allauth 65.22.1): 2,519 passed, 1
+# skipped; 170 s with 2 workers on a quiet machine (370 s under load), 485 s in
+# one process; plus about a minute to make the virtualenv the first time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"

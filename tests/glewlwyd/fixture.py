@@ -21,7 +21,6 @@ import contextlib
 import gzip
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import time
@@ -37,7 +36,12 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 #: Where Debian's package (bookworm: 2.7.5) puts what the fixture needs.
-SCHEMA = Path("/usr/share/doc/glewlwyd/database/init.sqlite3.sql.gz")
+SCHEMAS = (
+    Path("/usr/share/doc/glewlwyd/database/init.sqlite3.sql.gz"),
+    Path("/usr/share/doc/glewlwyd/database/init.sqlite3.sql"),
+    # What dbconfig-common runs at install: the same tables and rows, no DROPs.
+    Path("/usr/share/dbconfig-common/data/glewlwyd/install/sqlite3"),
+)
 OIDC_PLUGIN = Path("/usr/lib/glewlwyd/plugin/libprotocol_oidc.so")
 #: The admin the package's schema creates.
 ADMIN = ("admin", "password")
@@ -57,17 +61,23 @@ def problem() -> str | None:
             "glewlwyd is not installed (Debian: `apt-get install glewlwyd`, "
             "or run .ci/services/50-glewlwyd.sh)"
         )
-    for needed in (OIDC_PLUGIN, SCHEMA):
-        if not needed.exists():
-            return f"the glewlwyd package lacks {needed}"
+    if not OIDC_PLUGIN.exists():
+        return f"the glewlwyd package lacks its OpenID Connect plugin ({OIDC_PLUGIN})"
+    if schema() is None:
+        return (
+            f"the glewlwyd package lacks its SQLite schema (any of {', '.join(map(str, SCHEMAS))})"
+        )
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def schema() -> Path | None:
+    return next((path for path in SCHEMAS if path.exists()), None)
+
+
+def version() -> str:
+    """``glewlwyd --version``: what the recorded answers are checked against."""
+    done = subprocess.run(["glewlwyd", "--version"], capture_output=True, text=True, timeout=10)
+    return (done.stdout or done.stderr).strip()
 
 
 def _rsa_key() -> tuple[str, str]:
@@ -340,12 +350,17 @@ class Glewlwyd:
 
 @contextlib.contextmanager
 def start_glewlwyd(workdir: Path) -> Iterator[Glewlwyd]:
+    from tests.helpers import free_port  # imports Django models: not at module level
+
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     database = workdir / "glewlwyd.sqlite3"
     log_file = workdir / "glewlwyd.log"
+    source = schema()
+    assert source is not None, problem()
+    raw = source.read_bytes()
     with contextlib.closing(sqlite3.connect(database)) as db:
-        db.executescript(gzip.decompress(SCHEMA.read_bytes()).decode())
+        db.executescript((gzip.decompress(raw) if source.suffix == ".gz" else raw).decode())
     # SQLite's WAL lets the tests read counts while glewlwyd writes.
     with contextlib.closing(sqlite3.connect(database)) as db:
         db.execute("PRAGMA journal_mode=WAL")
