@@ -576,3 +576,13 @@ def test_missing_times_read_as_a_dash() -> None:
     soon = timezone.now() + datetime.timedelta(minutes=4, seconds=30)
     assert admin_module.when(soon).endswith("(in 4 min)")
     assert 'title="' in admin_module.when_short(soon)
+
+
+def test_refresh_now_with_only_failures_says_only_that(
+    admin_client: Client, fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    first, second = add_token("jack", expires_in=-5), add_token("kate", expires_in=-5)
+    scripted.script(Reply(503, "down"))
+    response = action(admin_client, "refresh_now", [first, second])
+    assert messages_of(response) == ["2 tokens failed to refresh: server_error (will retry)."]
+    assert SocialToken.objects.get(pk=first.pk).token_secret == first.token_secret
