@@ -122,10 +122,3 @@ async def aget_access_token(user: Any, provider: str) -> str:
 async def arefresh(token: SocialToken, force: bool = False) -> SocialToken:
     """The async twin of :func:`django_token_rotation.refresh`."""
     return await run_blocking(rotation.refresh, token, force)
-
-
-@acontained
-@sensitive_variables()
-async def arefresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
-    """The async twin of :func:`django_token_rotation.rotation.refresh_if_current`."""
-    return await run_blocking(rotation.refresh_if_current, token, rejected_access)

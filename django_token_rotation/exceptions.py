@@ -19,7 +19,13 @@ class TokenRotationError(Exception):
 
     ``code`` is a short, stable string (``"invalid_grant"``, ``"timeout"`` ...)
     meant for logs, metrics and the admin. ``provider`` is the allauth provider
-    id of the account, when known.
+    id of the account, when known. Example::
+
+        try:
+            token = get_access_token(user, "google")
+        except TokenRotationError as exc:
+            logger.warning("No token for %s (%s)", exc.provider, exc.code)
+            raise
     """
 
     #: Whether the user must sign in again (``True``) or a later call may work.
@@ -56,7 +62,12 @@ class TokenRotationError(Exception):
 class ReauthenticationRequired(TokenRotationError):
     """The user must sign in again: there is no usable token or the provider refused it.
 
-    Its codes are the permanent ones of :data:`ERROR_CODES`.
+    Its codes are the permanent ones of :data:`ERROR_CODES`. Example::
+
+        try:
+            token = get_access_token(request.user, "google")
+        except ReauthenticationRequired:
+            return redirect("socialaccount_connections")  # sign in again
     """
 
     permanent = True
@@ -66,7 +77,11 @@ class ReauthenticationRequired(TokenRotationError):
 class ProviderNotRefreshable(ReauthenticationRequired):
     """The provider's tokens cannot be refreshed by this app (OAuth1, or a
     provider whose token exchange needs special code). Once such a token has
-    expired the only way to a new one is to sign in again."""
+    expired the only way to a new one is to sign in again. Example::
+
+        except ProviderNotRefreshable as exc:  # before ReauthenticationRequired
+            messages.info(request, f"Please sign in with {exc.provider} again.")
+    """
 
     default_code = "unsupported_provider"
 
@@ -75,7 +90,13 @@ class TokenRefreshUnavailable(TokenRotationError):
     """The provider is temporarily unavailable; try again later.
 
     Its codes are the transient ones of :data:`ERROR_CODES`. ``retry_at`` says
-    when the next attempt will be made, when known.
+    when the next attempt will be made, when known. Example::
+
+        except TokenRefreshUnavailable as exc:
+            response = render(request, "try_later.html", status=503)
+            if exc.retry_at:
+                response["Retry-After"] = http_date(exc.retry_at.timestamp())
+            return response
     """
 
     permanent = False

@@ -39,6 +39,10 @@ FUNCTIONS = [
     http.HttpxTokenAuth,
     http.google_credentials,
     http.should_refresh,
+    django_token_rotation.TokenRotationError,
+    django_token_rotation.ReauthenticationRequired,
+    django_token_rotation.ProviderNotRefreshable,
+    django_token_rotation.TokenRefreshUnavailable,
 ]
 
 

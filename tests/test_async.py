@@ -360,3 +360,20 @@ def test_a_forked_child_gets_a_pool_of_its_own(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, result
     assert result == "child-access"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_unexpected_error_is_an_internal_error_without_its_chain(
+    user: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django_token_rotation import rotation
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("old-access leaked in a message")
+
+    monkeypatch.setattr(rotation, "find_token", broken)
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        await aget_access_token(user, "fake")
+    assert excinfo.value.code == "internal_error"
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+    assert "RuntimeError" in caplog.text and "leaked" not in caplog.text

@@ -33,6 +33,7 @@ from django_token_rotation import ReauthenticationRequired, TokenRefreshUnavaila
 from django_token_rotation.http import (
     HttpxTokenAuth,
     TokenAuth,
+    _presented,
     google_credentials,
     should_refresh,
 )
@@ -175,6 +176,9 @@ def in_thread(func: Any) -> Any:
         (403, 'Bearer error="invalid_token"', True),
         (400, 'Basic realm="x", Bearer error="invalid_token"', True),
         (401, 'Bearer realm="a", Basic realm="b", error="x"', True),
+        # No Bearer challenge says otherwise: a 401 is taken as a refused token.
+        (401, 'Basic realm="x"', True),
+        (401, "", True),
         (403, None, False),
         (403, 'Bearer error="insufficient_scope"', False),
         (200, None, False),
@@ -183,6 +187,44 @@ def in_thread(func: Any) -> Any:
 )
 def test_should_refresh(status: int, header: str | None, expected: bool) -> None:
     assert should_refresh(status, header) is expected
+
+
+@pytest.mark.django_db(transaction=False)
+@pytest.mark.parametrize(
+    ("authorization", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer ", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_rejected_token_is_the_one_presented(
+    authorization: str | None, token: str | None
+) -> None:
+    assert _presented(authorization) == token
+
+
+def test_a_401_to_a_request_without_our_header_is_returned_as_is(
+    live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
+) -> None:
+    """A hook of the caller's removed the header (as requests does on a redirect
+    to another host): nothing to fence on, no refresh."""
+
+    def strip(request: requests.PreparedRequest) -> requests.PreparedRequest:
+        del request.headers["Authorization"]
+        return request
+
+    class Stripped(TokenAuth):
+        def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+            return strip(super().__call__(request))
+
+    response = requests.get(api.url, auth=Stripped(user, "fake"), timeout=10)
+    assert response.status_code == 401
+    assert api.tokens_seen() == [None]
+    assert scripted.token_requests == []
 
 
 # -- requests -------------------------------------------------------------------------
@@ -460,6 +502,24 @@ def test_google_authorized_session_refreshes_through_the_single_flight(
     for _ in range(3):
         assert session.get(api.url, timeout=10).status_code == 200
     assert len(scripted.token_requests) == 1
+
+
+def test_google_credentials_for_a_token_without_an_expiry(
+    make_token: MakeToken, fake_app: SocialApp, api: ApiServer, user: Any
+) -> None:
+    from google.auth.transport.requests import Request
+
+    make_token(access="new-access", expires_in=None)
+    credentials = google_credentials(user, "fake")
+    credentials.refresh(Request())  # type: ignore[no-untyped-call]
+    assert credentials.token == "new-access"
+    # Not stale for google-auth for a day: it asks again after a 401.
+    expiry = credentials.expiry
+    assert expiry is not None
+    in_a_day = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(
+        hours=23
+    )
+    assert expiry > in_a_day
 
 
 def test_google_credentials_refresh_a_due_token_once(
