@@ -20,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from django_token_rotation import admin as admin_module
 from django_token_rotation import health, history
 from django_token_rotation.admin import mask
 from django_token_rotation.models import RefreshEvent, TokenState, fingerprint
@@ -566,3 +567,33 @@ def test_columns_and_names_say_what_they_show(admin_client: Client) -> None:
     assert "4 refresh events" in body
     assert "refresh history" not in body.lower().split("<h1>")[1].split("</h1>")[0]
     assert str(RefreshEvent._meta.verbose_name_plural) == "refresh events"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (None, "—"),
+        ("", "—"),
+        ("short-token", "… (11 chars)"),  # too short to show any of it
+        ("x" * 20 + "wxyz", "…wxyz (24 chars)"),
+    ],
+)
+def test_mask_shows_at_most_the_last_four_characters(value: str | None, shown: str) -> None:
+    assert mask(value) == shown
+
+
+def test_missing_times_read_as_a_dash() -> None:
+    assert admin_module.when(None) == admin_module.when_short(None) == "—"
+    soon = timezone.now() + datetime.timedelta(minutes=4, seconds=30)
+    assert admin_module.when(soon).endswith("(in 4 min)")
+    assert 'title="' in admin_module.when_short(soon)
+
+
+def test_refresh_now_with_only_failures_says_only_that(
+    admin_client: Client, fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    first, second = add_token("jack", expires_in=-5), add_token("kate", expires_in=-5)
+    scripted.script(Reply(503, "down"))
+    response = action(admin_client, "refresh_now", [first, second])
+    assert messages_of(response) == ["2 tokens failed to refresh: server_error (will retry)."]
+    assert SocialToken.objects.get(pk=first.pk).token_secret == first.token_secret
