@@ -108,3 +108,13 @@ def test_hints_link_into_the_hosted_manual() -> None:
     base = conf.project_urls()["Documentation"].rstrip("/")
     assert conf.docs_url() == f"{base}/en/stable/"
     assert conf.docs_url("errors", "codes") == f"{base}/en/stable/errors.html#codes"
+
+
+def test_a_setting_documented_without_its_type_and_default_stops_the_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a maintainer who adds a setting sees from ``make settings-doc``.
+    undocumented = property(lambda self: 1, doc="Seconds of something.")
+    monkeypatch.setattr(Settings, "LEEWAY", undocumented)
+    with pytest.raises(ValueError, match="Settings.LEEWAY: its docstring needs a :type:"):
+        conf.settings_reference()
