@@ -4,7 +4,11 @@ tasks - its report, idle refresh tokens, threads and forked processes."""
 from __future__ import annotations
 
 import datetime
+import multiprocessing
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -265,3 +269,37 @@ def test_worker_threads_refresh_every_due_token_once(
     assert len({r.token_id for r in seen}) == TOKENS
     assert len(scripted.token_requests) == TOKENS
     assert RefreshEvent.objects.count() == TOKENS  # each thread's buffered history written
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_process_killed_mid_run_fails_the_run(
+    scripted: ScriptedServer, settings: Any
+) -> None:
+    """A child killed from outside (the OOM killer) sends no "done": the run says
+    which one died instead of waiting for it forever."""
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    release = threading.Event()
+    scripted.script(Reply(200, tokens().body, hold=release))
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    seed_many(app)
+    failure: list[str] = []
+
+    def run() -> None:
+        try:
+            background.refresh_due(processes=2)
+        except RuntimeError as exc:
+            failure.append(str(exc))
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(scripted.token_requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each child holds one request at the provider
+        [victim] = [c for c in multiprocessing.active_children() if c.name == "refresh-tokens-0"]
+        os.kill(victim.pid or 0, signal.SIGKILL)
+    finally:
+        release.set()
+        runner.join(timeout=60)
+    assert failure == ["refresh process(es) died: refresh-tokens-0"]
+    assert not multiprocessing.active_children()
