@@ -60,7 +60,7 @@ def minimum_versions() -> list[str]:
 
 
 # pytest-xdist workers, as `make test` runs them.
-WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3")]
+WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3"), "--dist", "loadgroup"]
 PYTEST = ["python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS]
 
 # Shapes the `shapes` session leaves out: the whole suite runs under them elsewhere.
