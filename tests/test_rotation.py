@@ -17,6 +17,7 @@ from django_token_rotation import (
     TokenRefreshUnavailable,
     get_access_token,
     refresh,
+    rotation,
     signals,
 )
 from django_token_rotation.models import TokenState
@@ -695,8 +696,13 @@ def test_forced_refresh(
 
 
 def test_oauth1_tokens_are_left_alone(
-    make_token: MakeToken, user: Any, caplog: pytest.LogCaptureFixture
+    make_token: MakeToken,
+    user: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Logged once per provider and process: forget what earlier tests logged.
+    monkeypatch.setattr(rotation, "_left_alone", set())
     SocialApp.objects.create(provider="twitter", name="T", client_id="k", secret="s")
     make_token(provider="twitter", expires_in=30)
     # Due, but not refreshable: the still-valid token is returned...
