@@ -352,9 +352,14 @@ def test_transient_failures_keep_everything_and_back_off(
     code: str,
     received_signals: list[Any],
     django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token = make_token(expires_in=-1)
     scripted.script(reply)
+    # Django's clock stands still: an expired token's back-off (0.5 s) must not
+    # pass between the two calls on a loaded machine.
+    frozen = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: frozen)
 
     with (
         django_capture_on_commit_callbacks(execute=True),
