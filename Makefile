@@ -28,11 +28,12 @@ $(VENV)/.demo-installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	touch $@
 
-# The suite on TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs it in
-# this process. One file: .venv/bin/python -m pytest tests/test_client.py
+# The suite on TEST_WORKERS processes (pytest-xdist; loadgroup keeps the modules
+# tests/conftest.py names on one worker); TEST_WORKERS=0 runs it in this process.
+# One file: .venv/bin/python -m pytest tests/test_client.py
 TEST_WORKERS ?= 3
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/python example_project/run_demo.py

@@ -60,19 +60,22 @@ def minimum_versions() -> list[str]:
 
 
 # pytest-xdist workers, as `make test` runs them.
-WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3")]
+WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3"), "--dist", "loadgroup"]
 PYTEST = ["python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS]
 
 # Shapes the `shapes` session leaves out: the whole suite runs under them elsewhere.
 WHOLE_SUITE_SHAPES = {"usetz_false"}
-# Shapes that change no database setting: the `shapes` subset only. Every other shape
-# (a new one included) also runs the transactions, processes and deadlines (`shapes_db`).
-NOT_DATABASE_SHAPES = {
-    "signed_cookie_sessions",
-    "cache_sessions",
-    "cached_db_sessions",
-    "custom_user",
-    "usetz_false",
+# The parts of the shapes subset (tests/conftest.py SHAPES_MODULES) each shape can
+# change; a shape not named here (a new one) runs the whole subset.
+SHAPE_MARKS = {
+    "signed_cookie_sessions": "shapes_web",
+    "cache_sessions": "shapes_web",
+    "cached_db_sessions": "shapes_web",
+    "custom_user": "shapes_web or shapes_engine",
+    "atomic_requests": "shapes_web or shapes_db",
+    "conn_max_age": "shapes_engine or shapes_db",
+    # The pool is on the PostgreSQL aliases: the engine's tests run on SQLite.
+    "psycopg_pool": "shapes_db",
 }
 # Shapes together, as a PostgreSQL site in production has them.
 COMBINED_SHAPES = {
@@ -127,7 +130,7 @@ def shapes(session: nox.Session) -> None:
         for name, value in runs.items():
             junit = Path(folder) / f"{name}.xml"
             session.log(f"shape {name}: TOKEN_ROTATION_TEST_SHAPES={value}")
-            marks = "shapes" if name in NOT_DATABASE_SHAPES else "shapes or shapes_db"
+            marks = SHAPE_MARKS.get(name, "shapes")
             session.run(
                 *PYTEST,
                 "-m",

@@ -692,6 +692,8 @@ def _background(
             rounds=len(measured),
             **{k: round(v, 3) for k, v in figures.items() if not math.isnan(v)},
             all_refreshed_once=ok,
+            refreshed=[r.refreshed for r in measured],
+            calls=[r.calls for r in measured],
         )
     headers = [
         "tokens",

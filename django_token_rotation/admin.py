@@ -37,7 +37,9 @@ from django.utils.translation import ngettext
 from . import health, revocation, rotation
 from .conf import app_settings
 from .exceptions import TokenRotationError
+from .expiry import expiry
 from .models import RefreshEvent, TokenState
+from .store import state_of
 
 EMPTY = health.EMPTY
 
@@ -87,7 +89,7 @@ STATUS_COLOURS = {
 
 
 def _state(token: SocialToken) -> TokenState | None:
-    return health.state_of(token)
+    return state_of(token)
 
 
 # --------------------------------------------------------------------------
@@ -275,12 +277,12 @@ class SocialTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("access token expires"), ordering="expires_at")
     def expires_display(self, token: SocialToken) -> str:
-        expires = rotation.expiry(token, _state(token))
+        expires = expiry(token, _state(token))
         return when(expires) if expires else str(_("unknown"))
 
     @admin.display(description=_("access token expires"), ordering="expires_at")
     def expires_column(self, token: SocialToken) -> SafeString | str:
-        expires = rotation.expiry(token, _state(token))
+        expires = expiry(token, _state(token))
         return when_short(expires) if expires else str(_("unknown"))
 
     @admin.display(description=_("last refreshed"), ordering="rotation_state__last_refreshed_at")

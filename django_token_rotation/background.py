@@ -42,7 +42,9 @@ from .exceptions import (
     ReauthenticationRequired,
     TokenRefreshUnavailable,
 )
+from .expiry import expiry, needs_refresh
 from .models import refresh_blocker
+from .store import state_of
 
 REFRESHED = "refreshed"
 SKIPPED = "skipped"
@@ -181,12 +183,12 @@ class Selection:
         return self.access_horizon
 
     def is_due(self, token: SocialToken, now: datetime.datetime) -> bool:
-        state = rotation.state_of(token)
+        state = state_of(token)
         if self.within is None:
-            if rotation.needs_refresh(token, state, now=now):
+            if needs_refresh(token, state, now=now):
                 return True
         else:
-            expires = rotation.expiry(token, state)
+            expires = expiry(token, state)
             if expires is not None and now >= expires - datetime.timedelta(seconds=self.within):
                 return True
         idle_until = state.refresh_expires_at if state is not None else None
@@ -211,7 +213,7 @@ def due(
         now = timezone.now()
         for token in batch:
             if selection.is_due(token, now):
-                yield token, refresh_blocker(token, rotation.state_of(token), now=now)
+                yield token, refresh_blocker(token, state_of(token), now=now)
         if len(batch) < batch_size:
             return
         last = batch[-1].pk
@@ -234,11 +236,11 @@ def refresh_one(token: SocialToken, selection: Selection) -> Result:
     """Ask the engine to refresh one due token; what happened."""
     pk = token.pk
     now = timezone.now()
-    state = rotation.state_of(token)
+    state = state_of(token)
     # Due by the leeway: the engine decides as for a web request. Due only by
     # a longer window (or an idle refresh token): ask for it; the back-off was
     # checked when the token was selected.
-    force = not rotation.needs_refresh(token, state, now=now)
+    force = not needs_refresh(token, state, now=now)
     before = (token.token, token.expires_at)
     try:
         rotation.refresh(token, force=force)
@@ -334,7 +336,7 @@ def refresh_ids(
         if token is None or not selection.is_due(token, now):
             report.add(Result(pk, SKIPPED, "not_due"))
             continue
-        blocker = refresh_blocker(token, rotation.state_of(token), now=now)
+        blocker = refresh_blocker(token, state_of(token), now=now)
         if blocker:
             report.add(Result(pk, SKIPPED, blocker))
         else:

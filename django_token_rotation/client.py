@@ -1,9 +1,9 @@
 """The only module that speaks HTTP to a provider.
 
 It sends the refresh-token grant (and RFC 7009 revocation requests), reads the
-answer under a size cap and one wall-clock deadline (:func:`deadline`: the
+answer under a size cap and one hard wall-clock deadline (:mod:`.wire`: the
 discovery fetch, the token call and the JWKS fetch of one refresh share it,
-and it is enforced while the body is read, not per socket read), and turns it
+from name resolution to the last byte of the body), and turns it
 into either validated data (:class:`TokenResponse`, :class:`RevocationResponse`)
 or one of the typed exceptions of :mod:`django_token_rotation.exceptions`. It
 never logs, and never puts in an exception, a body, a header value or any token.
@@ -11,8 +11,6 @@ never logs, and never puts in an exception, a body, a header value or any token.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime
 import email.utils
 import ipaddress
@@ -28,11 +26,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.util.connection
 from allauth.socialaccount.adapter import get_adapter
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from . import wire
 from .conf import app_settings
 from .exceptions import (
     ImproperlyConfiguredProvider,
@@ -62,32 +64,6 @@ _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An expiry beyond this is not a lifetime, it is junk (or an attempt to park a
 # token forever); it is ignored and the expiry derived some other way.
 MAX_EXPIRES_IN = 366 * 24 * 3600
-
-
-# -- one deadline per refresh -----------------------------------------------------
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "token_rotation_deadline", default=None
-)
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Every HTTP call made inside shares one budget of ``seconds`` (wall clock),
-    or the enclosing one if that ends sooner."""
-    at = time.monotonic() + seconds
-    outer = _deadline.get()
-    token = _deadline.set(at if outer is None else min(at, outer))
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
-
-
-def remaining() -> float | None:
-    """Seconds left of the current :func:`deadline` (``None``: none is set)."""
-    at = _deadline.get()
-    return None if at is None else at - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -132,12 +108,17 @@ class TokenResponse:
 
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
-def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenResponse:
+def refresh_token_grant(
+    endpoint: TokenEndpoint, refresh_token: str, *, before_send: wire.BeforeSend | None = None
+) -> TokenResponse:
     """Exchange ``refresh_token`` at ``endpoint``.
 
     Raises :class:`ReauthenticationRequired` when the provider refuses the grant
     or the client, :class:`TokenRefreshUnavailable` for everything that may work
-    later (network, 5xx, 429, malformed answers).
+    later (network, 5xx, 429, malformed answers). ``before_send`` runs once the
+    connection is up, immediately before the request is written (given the
+    seconds left of the deadline); what it raises is raised here, and nothing
+    is sent.
     """
     data = {**endpoint.params, "grant_type": "refresh_token", "refresh_token": refresh_token}
     # Always POST (RFC 6749 3.2), even for providers whose allauth adapter
@@ -149,6 +130,7 @@ def refresh_token_grant(endpoint: TokenEndpoint, refresh_token: str) -> TokenRes
         data=data,
         headers={"Accept": "application/json", **(endpoint.headers or {})},
         auth=_authenticate(endpoint, data),
+        before_send=before_send,
     )
     return parse_token_response(
         endpoint,
@@ -314,24 +296,24 @@ def _send(
     headers: Mapping[str, str] | None = None,
     auth: requests.auth.AuthBase | None = None,
     timeout: float | None = None,
+    before_send: wire.BeforeSend | None = None,
 ) -> tuple[int, str, bytes, Mapping[str, str]]:
     timeout = app_settings.TIMEOUT if timeout is None else timeout
     limit = app_settings.MAX_RESPONSE_BYTES
     provider = endpoint.provider
     require_secure(endpoint.url, provider=provider)
     # This call's own deadline, within the refresh's if one is running.
-    ends = time.monotonic() + timeout
-    shared = _deadline.get()
-    if shared is not None:
-        ends = min(ends, shared)
+    ends = wire.ends_within(timeout)
     left = ends - time.monotonic()
     if left <= 0:
         raise TokenRefreshUnavailable(
             "No time left of this refresh's deadline.", code="timeout", provider=provider
         )
+    guard, watched = wire.guard(ends, before_send)
     session, scope = _session()
     try:
         with scope:
+            wire.arm(session)
             response = session.request(
                 method,
                 endpoint.url,
@@ -339,44 +321,49 @@ def _send(
                 data=data,
                 headers=dict(headers or {}),
                 auth=auth,
+                # Per socket operation; the guard holds the whole call to ``ends``.
                 timeout=(left, left),
                 allow_redirects=False,
                 stream=True,
             )
             with response:
-                body = _read_capped(response, limit=limit, deadline=ends)
+                body = _read_capped(response, limit=limit)
+                if guard.finish() and not _complete(response):
+                    # Cut at the deadline: an end of file, not the end of the body.
+                    raise wire.Expired
                 return (
                     response.status_code,
                     response.headers.get("Content-Type", ""),
                     body,
                     response.headers,
                 )
+    except wire.NotSent:
+        refusal = guard.refusal
+        if isinstance(refusal, TokenRotationError) and refusal.provider is None:
+            refusal.provider = provider
+        assert refusal is not None
+        raise refusal from None
     except _BodyTooLarge:
         raise TokenRefreshUnavailable(
             f"The response body exceeds {limit} bytes.",
             code="malformed_response",
             provider=provider,
         ) from None
-    except _BodyTooSlow:
-        raise TokenRefreshUnavailable(
-            f"The response did not arrive within {timeout} s.", code="timeout", provider=provider
-        ) from None
-    except requests.Timeout:
-        raise TokenRefreshUnavailable(
-            f"No answer within {timeout} s.", code="timeout", provider=provider
-        ) from None
-    except requests.ConnectionError:
-        raise TokenRefreshUnavailable(
-            "Could not connect to the endpoint.", code="connection_error", provider=provider
-        ) from None
-    except requests.RequestException as exc:
-        # The message of a requests exception can quote the URL: never pass it on.
-        raise TokenRefreshUnavailable(
-            f"HTTP request failed ({type(exc).__name__}).",
-            code="connection_error",
-            provider=provider,
-        ) from None
     except Exception as exc:
+        if guard.fired or isinstance(exc, (wire.Expired, requests.Timeout)):
+            # Whatever broke when the watchdog shut the socket: the deadline did it.
+            raise TokenRefreshUnavailable(
+                f"No complete answer within {timeout} s.", code="timeout", provider=provider
+            ) from None
+        if isinstance(exc, requests.RequestException):
+            # The message of a requests exception can quote the URL: never pass it on.
+            raise TokenRefreshUnavailable(
+                "Could not connect to the endpoint."
+                if isinstance(exc, requests.ConnectionError)
+                else f"HTTP request failed ({type(exc).__name__}).",
+                code="connection_error",
+                provider=provider,
+            ) from None
         # Anything else raised inside requests (a site's custom session or
         # adapter): its traceback would show the form with the refresh token
         # on a DEBUG error page. Report the type only, without the chain.
@@ -385,6 +372,18 @@ def _send(
             code="connection_error",
             provider=provider,
         ) from None
+    finally:
+        wire.unguard(guard, watched)
+
+
+def _complete(response: requests.Response) -> bool:
+    """Whether a body read to its end is all there: its declared length arrived
+    (a chunked body that is cut raises while it is read)."""
+    raw = response.raw
+    if getattr(raw, "chunked", False):
+        return True
+    declared = response.headers.get("Content-Length", "")
+    return declared.isdigit() and raw.tell() == int(declared)
 
 
 def require_secure(url: str, *, provider: str) -> None:
@@ -418,49 +417,30 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _BodyTooSlow(Exception):
-    pass
-
-
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
 @sensitive_variables()
-def _read_capped(response: requests.Response, *, limit: int, deadline: float) -> bytes:
-    """The whole body, at most ``limit`` bytes, by ``deadline`` (``time.monotonic()``).
+def _read_capped(response: requests.Response, *, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (the guard of the call holds the
+    deadline: a body dripping a byte at a time is cut there).
 
-    Read one socket read at a time, each allowed only the time left, so that an
-    answer dripping a few bytes at a time cannot outlast the deadline; a body
-    that is complete is returned even if its last bytes came just in time.
+    ``stream()`` reads as urllib3 1.26 and 2.x both do (1.26 has no ``read1``).
     """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge
-    raw = response.raw
     chunks: list[bytes] = []
     size = 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _BodyTooSlow
-        _set_read_timeout(raw, left)
-        try:
-            chunk = raw.read1(16 * 1024, decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise _BodyTooSlow from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.ConnectionError(type(exc).__name__) from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-
-
-def _set_read_timeout(raw: Any, seconds: float) -> None:
-    """Let the next socket read of ``raw`` (a urllib3 response) wait ``seconds`` at most."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.001))
+    try:
+        for chunk in response.raw.stream(16 * 1024, decode_content=True):
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise wire.Expired from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.ConnectionError(type(exc).__name__) from None
+    return b"".join(chunks)
 
 
 def _decode_json(body: bytes) -> Any:

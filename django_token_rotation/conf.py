@@ -109,9 +109,10 @@ class Settings:
     def TIMEOUT(self) -> float:
         """Seconds one refresh may take at the provider, all its HTTP calls together: the
         OpenID Connect discovery document when it is not cached, the token call, and the JWKS
-        that validates a refreshed ID token. Enforced while the answer is read (a provider
-        dripping its answer is cut at the deadline). The lease that makes a refresh single-flight
-        is derived from it.
+        that validates a refreshed ID token. One hard wall-clock deadline over name
+        resolution, connect, TLS handshake, status line, headers and body: a stalled resolver
+        or a provider dripping its headers or answer is cut there. The lease that makes a
+        refresh single-flight is derived from it.
 
         :type: ``float``
         :default: ``SOCIALACCOUNT_REQUESTS_TIMEOUT`` (allauth's, 5)

@@ -15,8 +15,10 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import rotation
 from .conf import app_settings
+from .expiry import expiry, needs_refresh
+from .models import refused
+from .store import state_of
 
 
 class Status(models.TextChoices):
@@ -29,8 +31,6 @@ class Status(models.TextChoices):
     FRESH = "fresh", _("fresh")
 
 
-state_of = rotation.state_of
-
 #: Error codes that a person fixes in the site's configuration, not the user.
 CONFIGURATION_ERRORS = frozenset({"provider_not_configured", "insecure_endpoint"})
 
@@ -40,7 +40,7 @@ def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
     been replaced (the user signed in again) no longer counts."""
     now = now or timezone.now()
     state = state_of(token)
-    if rotation.refused(token, state):
+    if refused(token, state):
         return Status.SIGN_IN_REQUIRED
     if not token.token_secret:
         return Status.NO_REFRESH_TOKEN
@@ -58,10 +58,10 @@ def status(token: SocialToken, now: datetime.datetime | None = None) -> Status:
         and not state.needs_reauth
     ):
         return Status.FAILING
-    expires = rotation.expiry(token, state)
+    expires = expiry(token, state)
     if expires is not None and now >= expires:
         return Status.EXPIRED
-    if rotation.needs_refresh(token, state, now=now):
+    if needs_refresh(token, state, now=now):
         return Status.EXPIRING
     return Status.FRESH
 

@@ -142,7 +142,7 @@ def _prune_now(token: SocialToken, outcome: RefreshEvent.Outcome, keep: int) -> 
     """Prune after every failure, and after every ``keep // 5``-th refresh (by the
     token's refresh count): at most a fifth more than ``keep`` events stay between
     prunes, and most refreshes save the query."""
-    from .rotation import state_of
+    from .store import state_of
 
     state = state_of(token)
     if state is None or outcome != RefreshEvent.Outcome.REFRESHED:

@@ -23,7 +23,7 @@ from typing import Any
 import jwt
 from allauth.socialaccount.models import SocialToken
 
-from . import client
+from . import client, wire
 from .conf import app_settings
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 
@@ -144,7 +144,7 @@ def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) 
     assert endpoint.jwks_uri is not None and endpoint.issuer is not None
     provider = endpoint.provider
     client.require_secure(endpoint.jwks_uri, provider=provider)
-    left = client.remaining()
+    left = wire.remaining()
     if left is not None and left <= 0:
         raise IdTokenUnverified(
             "No time left of this refresh's deadline to fetch the signing keys (JWKS).",
@@ -153,7 +153,7 @@ def validate(token: SocialToken, endpoint: client.TokenEndpoint, id_token: str) 
             token_id=token.pk,
         )
     try:
-        with client.deadline(app_settings.TIMEOUT):  # within the refresh's, if one runs
+        with wire.deadline(app_settings.TIMEOUT):  # within the refresh's, if one runs
             key = _signing_key(endpoint.jwks_uri, provider, id_token)
         # The signature first: only a signed token can be a validated mismatch.
         claims: dict[str, Any] = jwt.decode(

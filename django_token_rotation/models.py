@@ -86,18 +86,17 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
         access: str,
         refresh: str,
     ) -> bool:
-        """:meth:`claim_lease` and :meth:`mark_in_flight` in one statement, for a
-        caller that read the token and ``seen`` (its state) before: only if the
-        lease is free, the token still holds ``access`` and ``refresh``, and no
-        attempt has started or ended since ``seen`` (every one sets the in-flight
-        mark and ends by changing the refresh count or the failure count).
+        """:meth:`claim_lease` for a caller that read the token and ``seen`` (its
+        state) before: only if the lease is free, the token still holds
+        ``access`` and ``refresh``, and no attempt has started or ended since
+        ``seen`` (every one sets the in-flight mark and ends by changing the
+        refresh count or the failure count).
 
-        ``False`` says nothing: the caller re-reads and claims as usual. ``True``
-        means the caller's copy is current and the holder need not re-read it.
-        The conditions on this row are re-checked by every database against the
-        newest committed row before it is updated (a concurrent success, which
-        changes the token and this row, makes them fail), and the token's own
-        values are checked in the same statement.
+        ``True`` means the caller's copy is current: the holder need not re-read
+        it. The conditions on this row are re-checked by every database against
+        the newest committed row before it is updated (a concurrent success,
+        which changes the token and this row, makes them fail), and the token's
+        own values are checked in the same statement.
         """
         claimed = (
             self._of(token_id)
@@ -112,32 +111,13 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
                 consecutive_failures=seen.consecutive_failures,
                 inflight_fingerprint=seen.inflight_fingerprint,
             )
-            .update(
-                lease_id=lease_id,
-                lease_expires_at=_db_now_plus(seconds),
-                inflight_fingerprint=fingerprint(refresh),
-                inflight_since=Now(),
-            )
+            .update(lease_id=lease_id, lease_expires_at=_db_now_plus(seconds))
         )
         return bool(claimed)
 
-    def release_lease(
-        self, token_id: Any, lease_id: str, *, unmark: TokenState | None = None
-    ) -> None:
-        """Give the lease back, if it is still ours. ``unmark``: the state as it
-        was before :meth:`claim_as_read` marked a refresh in flight that was
-        never sent; its in-flight mark is put back."""
-        restored: dict[str, Any] = (
-            {
-                "inflight_fingerprint": unmark.inflight_fingerprint,
-                "inflight_since": unmark.inflight_since,
-            }
-            if unmark is not None
-            else {}
-        )
-        self._of(token_id).filter(lease_id=lease_id).update(
-            **restored, lease_id="", lease_expires_at=None
-        )
+    def release_lease(self, token_id: Any, lease_id: str) -> None:
+        """Give the lease back, if it is still ours."""
+        self._of(token_id).filter(lease_id=lease_id).update(lease_id="", lease_expires_at=None)
 
     # -- the outcome of one refresh ---------------------------------------------
 

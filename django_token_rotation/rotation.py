@@ -1,14 +1,20 @@
-"""The engine: get a valid access token, refreshing it through the single-flight.
+"""The engine: get a valid access token, refreshing it when it is due.
 
-* :mod:`.expiry` says when a token is due (pure arithmetic);
-* :mod:`.singleflight` makes sure one caller per expiry holds the lease and
-  the others wait for its result;
-* the lease holder (:func:`_refresh_holding`, here) re-checks, sends the
-  refresh token (:mod:`.client`) and hands the answer to :mod:`.store`, which
-  writes it with a compare-and-swap on the refresh token that was sent;
-* every state change is a :class:`~django_token_rotation.models.TokenState`
-  method.
+One refresh is the life of one :class:`Refresh`, read top to bottom below:
 
+1. **claim** the token's lease (a compare-and-swap on its state, as the caller
+   read it), or find that another worker refreshed it meanwhile, or wait for
+   the one holding it (:mod:`.singleflight`: a per-process lock, and the
+   waiting);
+2. **send** the refresh token (:mod:`.client`, under one deadline); the last
+   step before the request is written renews the lease and marks the refresh
+   token in flight, only while the lease is ours by the database's clock;
+3. **store** the answer (:mod:`.store`, a compare-and-swap on the refresh
+   token sent), or record the failure;
+4. **release** the lease (unless storing the answer released it) and wake
+   whoever waits.
+
+Each step returns (or raises) its outcome and the next one decides from it.
 ``invalid_grant`` for a refresh token that another worker has already rotated
 is our own race, not a revoked grant: the stored token is adopted. Nothing
 here imports the request layer: it takes tokens, never requests.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +36,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
-from . import client, idtoken, providers, store, transactions
-from . import expiry as expiry_module
+from . import client, expiry, idtoken, providers, singleflight, store, transactions, wakeup, wire
 from .conf import app_settings
 from .exceptions import (
     ImproperlyConfiguredProvider,
@@ -40,12 +46,19 @@ from .exceptions import (
     TokenRotationError,
     contained,
 )
-from .expiry import due_at, expiry, is_expired, jwt_expiry, leeway, needs_refresh
-from .models import fingerprint, refresh_blocker, refused
-from .singleflight import Flight
-from .store import NOT_PROCESSED, state_of
+from .expiry import due_at, is_expired, needs_refresh
+from .models import (
+    BACKOFF,
+    NO_REFRESH_TOKEN,
+    SIGN_IN_REQUIRED,
+    TokenState,
+    fingerprint,
+    refresh_blocker,
+)
+from .store import provider_key, state_of
 
 logger = logging.getLogger("django_token_rotation")
+
 
 # --------------------------------------------------------------------------
 # Public entry points
@@ -86,7 +99,7 @@ def get_access_token(user: AbstractBaseUser | AnonymousUser | Any, provider: str
 @sensitive_variables()
 def access_token_for(token: SocialToken) -> str:
     """:func:`get_access_token` for a ``SocialToken`` already in hand."""
-    state = store.state_of(token)
+    state = state_of(token)
     if needs_refresh(token, state):
         try:
             refresh(token)
@@ -127,7 +140,7 @@ def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) ->
     seen: set[str] = set()
     checks = []
     for token in tokens:
-        provider = store.provider_key(token)
+        provider = provider_key(token)
         if provider in seen or (providers is not None and provider not in providers):
             continue
         seen.add(provider)
@@ -138,8 +151,8 @@ def check_user_tokens(user_id: Any, providers: Collection[str] | None = None) ->
 
 
 def _check(token: SocialToken) -> TokenCheck | None:
-    provider = store.provider_key(token)
-    state = store.state_of(token)
+    provider = provider_key(token)
+    state = state_of(token)
     error = unavailable = None
     if needs_refresh(token, state):
         try:
@@ -150,14 +163,14 @@ def _check(token: SocialToken) -> TokenCheck | None:
             error = exc
         except TokenRefreshUnavailable as exc:
             unavailable = exc
-        state = store.state_of(token)
-    expires = expiry(token, state)
+        state = state_of(token)
+    expires = expiry.expiry(token, state)
     next_check: datetime.datetime | None = None
     if error is None and expires is not None:
         next_check = due_at(token, state)
         if unavailable is not None:
             # Due already: look again when the back-off allows a new attempt.
-            next_check = unavailable.retry_at or expiry_module.now() + datetime.timedelta(
+            next_check = unavailable.retry_at or expiry.now() + datetime.timedelta(
                 seconds=app_settings.RETRY_BACKOFF
             )
     return TokenCheck(
@@ -175,8 +188,8 @@ def _check(token: SocialToken) -> TokenCheck | None:
 def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     """Refresh ``token`` now if it is due (always, with ``force``); return it updated.
 
-    Goes through the single-flight: if another thread, process or host is
-    already refreshing this token, waits for it and returns its result.
+    If another thread, process or host is already refreshing this token, waits
+    for it and returns its result.
 
     Inside the caller's transaction the refresh is committed on a connection
     of its own (see :mod:`.transactions`); where the database cannot do that
@@ -188,31 +201,24 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
     alias = transactions.database(token)
     if transactions.in_callers_transaction(alias):
         if not transactions.can_write_beside(alias):
-            raise TokenRefreshUnavailable(
+            raise _in_transaction(
+                token,
                 "The token cannot be refreshed inside a transaction on this database; "
                 "refresh it before the transaction starts (the middleware does).",
-                code="in_transaction",
-                provider=store.provider_key(token),
-                token_id=token.pk,
             )
         try:
-            return transactions.outside(
-                alias, lambda: Flight(token, force=force).run(_refresh_holding)
-            )
+            return transactions.outside(alias, lambda: Refresh(token, force=force).run())
         except DatabaseError as exc:
             if not transactions.is_lock_timeout(exc):
                 raise
             # A row the refresh needs is locked by an open transaction (perhaps
             # the caller's own) for longer than TOKEN_ROTATION_WAIT.
-            raise TokenRefreshUnavailable(
-                "A row the refresh needs is locked by an open transaction.",
-                code="in_transaction",
-                provider=store.provider_key(token),
-                token_id=token.pk,
+            raise _in_transaction(
+                token, "A row the refresh needs is locked by an open transaction."
             ) from None
     try:
         with transactions.bounded_busy_wait(alias, app_settings.WAIT):
-            return Flight(token, force=force).run(_refresh_holding)
+            return Refresh(token, force=force).run()
     except DatabaseError as exc:
         if not transactions.is_busy(exc):
             raise
@@ -220,7 +226,7 @@ def refresh(token: SocialToken, force: bool = False) -> SocialToken:
             "Another transaction held the database's write lock for longer than "
             "TOKEN_ROTATION_WAIT.",
             code="database_locked",
-            provider=store.provider_key(token),
+            provider=provider_key(token),
             token_id=token.pk,
         ) from None
 
@@ -247,122 +253,297 @@ def refresh_if_current(token: SocialToken, rejected_access: str) -> SocialToken:
     if token.token != rejected_access:
         access_token_for(token)
         return token
-    Flight(token, force=False).check_blocked(state)
+    Refresh(token, force=False).check_blocked(state)
     refreshed_at = state.last_refreshed_at
-    if refreshed_at is not None and expiry_module.now() - refreshed_at < datetime.timedelta(
+    if refreshed_at is not None and expiry.now() - refreshed_at < datetime.timedelta(
         seconds=REFUSED_SOON_AFTER_REFRESH
     ):
         logger.warning(
             "An API refused token %s of provider %s within %d s of its refresh; "
             "not refreshing it again so soon.",
             token.pk,
-            store.provider_key(token),
+            provider_key(token),
             REFUSED_SOON_AFTER_REFRESH,
         )
         return token
     return refresh(token, force=True)
 
 
+def _in_transaction(token: SocialToken, message: str) -> TokenRefreshUnavailable:
+    return TokenRefreshUnavailable(
+        message, code="in_transaction", provider=provider_key(token), token_id=token.pk
+    )
+
+
 # --------------------------------------------------------------------------
-# What the lease holder does
+# One refresh: claim, send, store, release
 # --------------------------------------------------------------------------
 
 
-@sensitive_variables()
-def _refresh_holding(flight: Flight) -> SocialToken:
-    token = flight.token
-    try:
-        # Re-read after winning: another worker may have finished between
-        # our last look and our claim (unless the claim checked that it did not).
-        state = flight.read_as_claimed or store.reload(token)
-        if flight.settled(state):
-            return token
-        flight.check_blocked(state)
-        sent = token.token_secret
-        # One deadline for every HTTP call of this refresh (discovery, token, JWKS).
-        with client.deadline(app_settings.TIMEOUT):
-            return _send_and_store(flight, state, sent)
-    except ImproperlyConfiguredProvider as exc:
-        # A configuration error: one warning, and a back-off recorded on the
-        # token (its admin status), not a resolution on every request.
-        _stamp(exc, token)
-        _log_left_alone(exc)
-        store.record_configuration_error(token, exc)
-        raise
-    except ProviderNotRefreshable as exc:
-        _log_left_alone(exc)
-        raise
-    except TokenRotationError as exc:
-        _stamp(exc, token)
-        raise
+class Refresh:
+    """One caller's refresh of one token."""
 
+    def __init__(self, token: SocialToken, *, force: bool) -> None:
+        self.token = token
+        self.force = force
+        #: What the caller saw: a change means someone refreshed meanwhile.
+        self.seen_access = token.token
+        #: Set by a successful claim.
+        self.lease_id = ""
+        #: The state as it was when the lease was claimed (the claim checked it is current).
+        self.state: TokenState | None = None
 
-@sensitive_variables()
-def _send_and_store(flight: Flight, state: Any, sent: str) -> SocialToken:
-    token = flight.token
-    endpoint = providers.resolve(token)
-    client.require_secure(endpoint.url, provider=endpoint.provider)
-    alias = transactions.database(token)
-    if transactions.on_helper() and not transactions.row_is_free(SocialToken, alias, token.pk):
-        # An open transaction (perhaps the caller's own) holds the token's row:
-        # the answer could not be stored, so the refresh token is not sent.
-        raise TokenRefreshUnavailable(
-            "The token's row is locked by an open transaction; not refreshing now.",
-            code="in_transaction",
-            provider=store.provider_key(token),
-            token_id=token.pk,
-        )
-    sent_fingerprint = fingerprint(sent)
-    # An earlier attempt with this very refresh token never stored its
-    # outcome (see TokenState.inflight_fingerprint).
-    replay = state.inflight_fingerprint == sent_fingerprint
-    # The lease is renewed now, by the database's clock, for longer than what is
-    # left of the deadline: no other worker can send this refresh token while
-    # ours may still be in flight. A lease that already ran out is not ours.
-    # (A claim as read marked it already, a moment ago, for as long.)
-    if flight.read_as_claimed is None and not store.states(token).mark_in_flight(
-        token.pk, sent_fingerprint, lease_id=flight.lease_id, lease_seconds=app_settings.LEASE
-    ):
-        raise TokenRefreshUnavailable(
-            "This worker's lease ran out before the refresh was sent; not sending it.",
-            code="lease_expired",
-            provider=store.provider_key(token),
-            token_id=token.pk,
-        )
-    transactions.before_send(alias)
-    started = time.monotonic()
-    flight.sent = True
-    try:
-        answer = client.refresh_token_grant(endpoint, sent)
-    except TokenRotationError as exc:
-        return _refused(token, exc, sent, replay, started)
-    verdict = _checked_id_token(token, endpoint, answer)
-    if store.store_answer(
-        token,
-        answer,
-        sent,
-        lease_id=flight.lease_id,
-        elapsed=time.monotonic() - started,
-        id_token=verdict,
-        replay=replay,
-    ):
-        flight.released = True
-    return token
-
-
-def _refused(
-    token: SocialToken,
-    exc: TokenRotationError,
-    sent: str,
-    replay: bool,
-    started: float,
-) -> SocialToken:
-    """Record the provider's error answer and raise it, or adopt the token that
-    another worker stored meanwhile."""
-    error = store.record_error(token, exc, sent, replay=replay, elapsed=time.monotonic() - started)
-    if error is None:
+    @sensitive_variables()
+    def run(self) -> SocialToken:
+        token = self.token
+        # While the caller's token still works nobody waits for another
+        # worker's refresh: the current token is good enough.
+        patient = self.force or is_expired(token, state_of(token))
+        wait = app_settings.WAIT if patient else 0.0
+        if patient:
+            wakeup.listen(token)
+        ends = time.monotonic() + wait
+        with singleflight.process_turn(token, wait) as first:
+            if not self.claim(first, ends):
+                return token
+            released = False
+            try:
+                released = self.send_and_store()
+            finally:
+                if not released:
+                    self.release()
+                # Other processes are told only when someone there may be
+                # waiting: when this caller's token had expired (or it forced).
+                wakeup.notify(token, processes=patient)
         return token
-    raise error
+
+    # -- 1. claim ------------------------------------------------------------
+
+    def claim(self, first: bool, ends: float) -> bool:
+        """Win the lease (``True``), or find the refresh done by someone else
+        (``False``). Raises when the provider must not be called now, or when
+        the worker holding the lease does not finish by ``ends``."""
+        token = self.token
+        state = state_of(token)
+        # A caller first in its process claims on what it read: the claim
+        # checks that the token and its state are still as read. Otherwise
+        # (or when that fails) it re-reads, and waits while another holds it.
+        if first and state is not None and self.claimable(state) and self.take(state):
+            return True
+        poll = singleflight.POLL_FIRST
+        while True:
+            # Taken before the read: a wake-up landing between the read and
+            # the wait is not lost.
+            since = wakeup.version(token)
+            state = store.reload(token)
+            if not self.claimable(state):
+                return False
+            if self.take(state):
+                return True
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise singleflight.gave_up(token)
+            singleflight.wait_for_change(token, since, min(poll, left))
+            poll = min(poll * 1.3, singleflight.POLL_MAX)
+
+    def claimable(self, state: TokenState) -> bool:
+        """Whether this caller still wants a refresh, given ``state`` as read:
+        ``False`` when someone refreshed meanwhile; raises when the recorded
+        state says not to call the provider now."""
+        token = self.token
+        if token.token != self.seen_access:
+            # Someone else refreshed since the caller looked: that is the
+            # refresh this caller wanted.
+            if self.force or not is_expired(token, state):
+                return False
+        elif not self.force and not needs_refresh(token, state):
+            return False
+        self.check_blocked(state)
+        return True
+
+    def check_blocked(self, state: TokenState) -> None:
+        """Raise when the recorded state says not to call the provider now."""
+        token = self.token
+        why = refresh_blocker(token, state, force=self.force)
+        if why == SIGN_IN_REQUIRED:
+            raise ReauthenticationRequired(
+                "The provider refused this refresh token earlier; the user must sign in again.",
+                code=state.last_error or "invalid_grant",
+                provider=provider_key(token),
+                token_id=token.pk,
+            )
+        if why == NO_REFRESH_TOKEN:
+            raise ReauthenticationRequired(
+                "The token has no refresh token; the user must sign in again.",
+                code="no_refresh_token",
+                provider=provider_key(token),
+                token_id=token.pk,
+            )
+        if why == BACKOFF:
+            raise TokenRefreshUnavailable(
+                f"A recent refresh failed ({state.last_error or 'unknown'}); "
+                "the next attempt waits for its back-off.",
+                code="backoff",
+                provider=provider_key(token),
+                token_id=token.pk,
+                retry_at=state.next_retry_at,
+            )
+
+    def take(self, state: TokenState) -> bool:
+        """The lease, if it is free and the token and ``state`` are still as read."""
+        token = self.token
+        lease_id = uuid.uuid4().hex
+        states = store.states(token)
+        try:
+            if transactions.on_helper():
+                claimed = self._take_beside_the_caller(state, lease_id)
+            else:
+                claimed = states.claim_as_read(
+                    token.pk,
+                    lease_id,
+                    app_settings.LEASE,
+                    seen=state,
+                    access=token.token,
+                    refresh=token.token_secret,
+                )
+        except DatabaseError as exc:
+            # Someone else's open transaction holds the row: not ours to wait for.
+            if transactions.is_lock_timeout(exc):
+                return False
+            raise
+        if claimed:
+            self.lease_id, self.state = lease_id, state
+        return claimed
+
+    def _take_beside_the_caller(self, state: TokenState, lease_id: str) -> bool:
+        """:meth:`take` on the helper of a caller's transaction, which may hold
+        the token's row: the claim as read would wait to read that row (MariaDB),
+        so the lease is claimed on its own and the token re-read after. A row the
+        caller holds could not take the answer: then nothing is sent."""
+        token = self.token
+        states = store.states(token)
+        if not states.claim_lease(token.pk, lease_id, app_settings.LEASE):
+            return False
+        seen = (token.token, token.token_secret, _version(state))
+        try:
+            now = store.reload(token)
+            if (token.token, token.token_secret, _version(now)) != seen:
+                states.release_lease(token.pk, lease_id)
+                return False
+            if not transactions.row_is_free(SocialToken, transactions.database(token), token.pk):
+                raise _in_transaction(
+                    token, "The token's row is locked by an open transaction; not refreshing now."
+                )
+        except BaseException:
+            states.release_lease(token.pk, lease_id)
+            raise
+        return True
+
+    # -- 2. send and 3. store -------------------------------------------------
+
+    @sensitive_variables()
+    def send_and_store(self) -> bool:
+        """Send the refresh token and store the outcome. Returns whether the
+        lease was released along with the stored answer."""
+        token = self.token
+        try:
+            # One deadline for every HTTP call of this refresh (discovery, token, JWKS).
+            with wire.deadline(app_settings.TIMEOUT):
+                endpoint = providers.resolve(token)
+                client.require_secure(endpoint.url, provider=endpoint.provider)
+                return self._send_and_store(endpoint)
+        except ImproperlyConfiguredProvider as exc:
+            # A configuration error: one warning, and a back-off recorded on the
+            # token (its admin status), not a resolution on every request.
+            _stamp(exc, token)
+            _log_left_alone(exc)
+            store.record_configuration_error(token, exc)
+            raise
+        except ProviderNotRefreshable as exc:
+            _log_left_alone(exc)
+            raise
+        except TokenRotationError as exc:
+            _stamp(exc, token)
+            raise
+
+    @sensitive_variables()
+    def _send_and_store(self, endpoint: client.TokenEndpoint) -> bool:
+        token, state = self.token, self.state
+        assert state is not None
+        sent = token.token_secret
+        sent_fingerprint = fingerprint(sent)
+        # An earlier attempt with this very refresh token never stored its
+        # outcome (see TokenState.inflight_fingerprint).
+        replay = state.inflight_fingerprint == sent_fingerprint
+        started = time.monotonic()
+        try:
+            answer = client.refresh_token_grant(
+                endpoint, sent, before_send=self.last_check(sent_fingerprint)
+            )
+        except TokenRotationError as exc:
+            if exc.code == "lease_expired":
+                raise  # nothing was sent: nothing to record
+            return self.failed(exc, sent, replay, started)
+        return store.store_answer(
+            token,
+            answer,
+            sent,
+            lease_id=self.lease_id,
+            elapsed=time.monotonic() - started,
+            id_token=_checked_id_token(token, endpoint, answer),
+            replay=replay,
+        )
+
+    def last_check(self, sent_fingerprint: str) -> wire.BeforeSend:
+        """What runs when the connection is up, immediately before the refresh
+        token is written: one conditional ``UPDATE`` that marks it in flight and
+        renews the lease for ``TOKEN_ROTATION_LEASE`` (longer than what is left
+        of the deadline, check E006), only if the lease is still ours and
+        unexpired by the database's clock. Otherwise another worker may be
+        sending this refresh token already: ours is not sent."""
+        token = self.token
+
+        def check(left: float) -> None:
+            if not store.states(token).mark_in_flight(
+                token.pk,
+                sent_fingerprint,
+                lease_id=self.lease_id,
+                lease_seconds=max(app_settings.LEASE, left + singleflight.LEASE_MARGIN),
+            ):
+                raise TokenRefreshUnavailable(
+                    "This worker's lease ran out before the refresh was sent; not sending it.",
+                    code="lease_expired",
+                    provider=provider_key(token),
+                    token_id=token.pk,
+                )
+            transactions.before_send(transactions.database(token))
+
+        return check
+
+    def failed(self, exc: TokenRotationError, sent: str, replay: bool, started: float) -> bool:
+        """Record the provider's error answer (or the failure to get one) and
+        raise it, or adopt the token that another worker stored meanwhile."""
+        error = store.record_error(
+            self.token, exc, sent, replay=replay, elapsed=time.monotonic() - started
+        )
+        if error is not None:
+            raise error
+        return False
+
+    # -- 4. release ----------------------------------------------------------
+
+    def release(self) -> None:
+        token = self.token
+        try:
+            store.states(token).release_lease(token.pk, self.lease_id)
+        except DatabaseError as exc:
+            # The lease runs out on its own; the caller's outcome stands.
+            logger.error(
+                "Could not release the lease on token %s (%s); it expires in %s s.",
+                token.pk,
+                type(exc).__name__,
+                app_settings.LEASE,
+            )
 
 
 @sensitive_variables()
@@ -391,11 +572,16 @@ def _checked_id_token(
         return None
 
 
+def _version(state: TokenState) -> tuple[int, int, str]:
+    """What every attempt changes (see ``TokenStateQuerySet.claim_as_read``)."""
+    return (state.refresh_count, state.consecutive_failures, state.inflight_fingerprint)
+
+
 def _stamp(exc: TokenRotationError, token: SocialToken) -> None:
     if exc.token_id is None:
         exc.token_id = token.pk
     if exc.provider is None:
-        exc.provider = store.provider_key(token)
+        exc.provider = provider_key(token)
 
 
 _left_alone: set[str] = set()
@@ -407,25 +593,3 @@ def _log_left_alone(exc: ProviderNotRefreshable) -> None:
         return
     _left_alone.add(key)
     logger.warning("Leaving tokens of provider %s alone: %s", exc.provider, exc.message)
-
-
-__all__ = [
-    "NOT_PROCESSED",
-    "TokenCheck",
-    "access_token_for",
-    "check_user_tokens",
-    "due_at",
-    "expiry",
-    "find_token",
-    "fingerprint",
-    "get_access_token",
-    "is_expired",
-    "jwt_expiry",
-    "leeway",
-    "needs_refresh",
-    "refresh",
-    "refresh_blocker",
-    "refresh_if_current",
-    "refused",
-    "state_of",
-]

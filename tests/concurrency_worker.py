@@ -51,6 +51,22 @@ def main() -> None:
 
         client.refresh_token_grant = grant_then_die
 
+    if os.environ.get("TOKEN_ROTATION_TEST_SLOW_DNS"):
+        # Fault injection at the resolver's boundary (no DNS server can be made
+        # to stall here): "name=seconds" stalls that name, then it is 127.0.0.1.
+        import socket
+
+        slow_name, seconds = os.environ["TOKEN_ROTATION_TEST_SLOW_DNS"].split("=")
+        real_getaddrinfo = socket.getaddrinfo
+
+        def stalling_getaddrinfo(host: Any, *a: Any, **kw: Any) -> Any:
+            if host == slow_name:
+                time.sleep(float(seconds))
+                host = "127.0.0.1"
+            return real_getaddrinfo(host, *a, **kw)
+
+        socket.getaddrinfo = stalling_getaddrinfo
+
     user = get_user_model().objects.get(pk=args.user_id)
     connections.close_all()
     results: list[dict[str, Any]] = []
@@ -60,6 +76,7 @@ def main() -> None:
         delay = args.start_at - time.time()
         if delay > 0:
             time.sleep(delay)
+        started = time.monotonic()
         try:
             if os.environ.get("TOKEN_ROTATION_TEST_ATOMIC"):
                 # As in a view under ATOMIC_REQUESTS that then fails: roll back.
@@ -74,6 +91,7 @@ def main() -> None:
             outcome = {"error": f"unexpected {type(exc).__name__}: {exc}"}
         finally:
             connections.close_all()
+        outcome["took"] = time.monotonic() - started
         with lock:
             results.append(outcome)
 

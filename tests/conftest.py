@@ -59,34 +59,34 @@ def _reading_from_the_replica(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.django_db(*args, **kwargs), append=False)
 
 
-#: The modules `nox -s shapes` runs once per shape of tests/settings.py (marked
-#: ``shapes``: ``pytest -m shapes``): the engine, the middleware and sessions,
-#: the admin, headless. A name without a module is fine.
+#: The modules `nox -s shapes` runs once per shape of tests/settings.py, marked
+#: ``shapes`` and by part (``pytest -m shapes_web``): each shape runs the parts it
+#: can change (noxfile.SHAPE_MARKS). A name without a module is fine.
 SHAPES_MODULES = {
-    "test_rotation",
-    "test_singleflight",
-    "test_store",
-    "test_models",
-    "test_expiry",
-    "test_middleware",
-    "test_templatetags",
-    "test_admin",
-    "test_headless",
-    "test_refresh_tokens",
-    "test_background",
+    # Requests, sessions and users: the middleware, templates, headless, the admin.
+    "shapes_web": {"test_middleware", "test_templatetags", "test_headless", "test_admin"},
+    # The engine on the default database, and its callers.
+    "shapes_engine": {
+        "test_rotation",
+        "test_singleflight",
+        "test_store",
+        "test_models",
+        "test_expiry",
+        "test_refresh_tokens",
+        "test_background",
+    },
+    # Transactions, processes and deadlines on every database alias.
+    "shapes_db": {"test_transactions", "test_concurrency", "test_deadline", "test_recovery"},
 }
-#: And in the shapes of the database (all but the session and user shapes), the
-#: transactions, processes and deadlines against every database (``shapes_db``).
-SHAPES_DB_MODULES = {"test_transactions", "test_concurrency", "test_deadline", "test_recovery"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _reading_from_the_replica(items)
     for item in items:
-        if item.path.stem in SHAPES_MODULES:
-            item.add_marker(pytest.mark.shapes)
-        elif item.path.stem in SHAPES_DB_MODULES:
-            item.add_marker(pytest.mark.shapes_db)
+        for part, modules in SHAPES_MODULES.items():
+            if item.path.stem in modules:
+                item.add_marker(pytest.mark.shapes)
+                item.add_marker(getattr(pytest.mark, part))
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:

@@ -211,9 +211,17 @@ def worker_env(alias: str, **extra: str) -> dict[str, str]:
 
 
 def start_workers(
-    count: int, *, alias: str, user_id: int, provider: str, threads: int, env: dict[str, str]
+    count: int,
+    *,
+    alias: str,
+    user_id: int,
+    provider: str,
+    threads: int,
+    env: dict[str, str],
+    start_at: float | None = None,
 ) -> list[subprocess.Popen[str]]:
-    start_at = time.time() + 3.0  # time for every process to import Django
+    if start_at is None:
+        start_at = time.time() + 3.0  # time for every process to import Django
     return [
         subprocess.Popen(
             [

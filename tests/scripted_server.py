@@ -4,17 +4,27 @@ Each request to the token endpoint takes the next scripted :class:`Reply` (the
 last one repeats); every request is recorded, so tests assert what the server
 actually received. It also serves an OpenID Connect discovery document that
 points back at itself.
+
+Faults on the wire: a reply can wait (``delay``, ``hold``), drip its headers
+(``header_drip``) or its body (``drip``); the server can speak TLS with a
+self-signed certificate (:func:`self_signed`) and hold each handshake back
+(``handshake_delay``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import ipaddress
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,8 +38,12 @@ class Reply:
     delay: float = 0.0
     #: Send the body in pieces, sleeping this long between them.
     drip: float = 0.0
+    #: Send the status line and headers a byte at a time, sleeping this long between them.
+    header_drip: float = 0.0
     #: Wait until this event is set before answering (a hung provider).
     hold: threading.Event | None = None
+    #: Close the connection after reading the request, without answering.
+    drop: bool = False
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, (dict, list)):
@@ -66,8 +80,50 @@ class Received:
     headers: dict[str, str]
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and 127.0.0.1 signed by itself, and its key:
+    a client trusts it only when told to (``REQUESTS_CA_BUNDLE``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "scripted-cert.pem", directory / "scripted-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 class ScriptedServer:
-    def __init__(self) -> None:
+    def __init__(
+        self, *, tls: tuple[Path, Path] | None = None, handshake_delay: float = 0.0
+    ) -> None:
         self._lock = threading.Lock()
         self._script: list[Reply] = [tokens()]
         self.received: list[Received] = []
@@ -76,10 +132,25 @@ class ScriptedServer:
         self.on_request: Callable[[Received], None] | None = None
         #: Seconds the discovery document takes to arrive.
         self.discovery_delay = 0.0
+        #: Seconds each TLS handshake is held back (the server reads nothing meanwhile).
+        self.handshake_delay = handshake_delay
+        #: Connections accepted (TLS or not), whether or not a request followed.
+        self.connections = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake happens in the handler's thread, after handshake_delay.
+            self._httpd.socket = context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+            scheme = "https"
+        self.base_url = (
+            f"{scheme}://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
+        )
         self.token_url = f"{self.base_url}/token"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -124,6 +195,16 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                with server._lock:
+                    server.connections += 1
+                if isinstance(self.request, ssl.SSLSocket):
+                    time.sleep(server.handshake_delay)
+                    # A client that gave up finds the socket closed; so does the handler.
+                    with contextlib.suppress(OSError):
+                        self.request.do_handshake()
+                super().setup()
+
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode() if length else ""
@@ -144,6 +225,9 @@ class ScriptedServer:
                 reply = server._next_reply(received)
                 if server.on_request is not None:
                     server.on_request(received)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 if reply.hold is not None:
                     reply.hold.wait(60)
                 if reply.delay:
@@ -159,7 +243,16 @@ class ScriptedServer:
                         self.send_header(name, value)
                     if "Content-Length" not in headers:
                         self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
+                    if reply.header_drip:
+                        buffered: list[bytes] = getattr(self, "_headers_buffer")  # noqa: B009
+                        head = b"".join(buffered) + b"\r\n"
+                        buffered.clear()
+                        for i in range(len(head)):
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.header_drip)
+                    else:
+                        self.end_headers()
                     if reply.drip:
                         for i in range(len(body)):
                             self.wfile.write(body[i : i + 1])
@@ -184,8 +277,8 @@ class ScriptedServer:
 
 
 @contextmanager
-def running() -> Iterator[ScriptedServer]:
-    server = ScriptedServer()
+def running(**options: Any) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(**options)
     server.start()
     try:
         yield server

@@ -22,8 +22,7 @@ from allauth.socialaccount.models import SocialAccount, SocialToken
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from django_token_rotation import rotation
-from django_token_rotation.models import RefreshEvent, TokenState
+from django_token_rotation.models import RefreshEvent, TokenState, fingerprint
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, requires_browser
 
 DOCS = ROOT / "docs"
@@ -75,7 +74,7 @@ def _seed() -> None:
             expires_at=now + datetime.timedelta(seconds=expires_in),
         )
         if state.get("needs_reauth"):
-            state["failed_fingerprint"] = rotation.fingerprint(token.token_secret)
+            state["failed_fingerprint"] = fingerprint(token.token_secret)
         if state:
             TokenState.objects.create(token=token, **state)
             RefreshEvent.objects.create(token=token, at=now, outcome="refreshed", duration=0.2)

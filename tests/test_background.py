@@ -4,7 +4,11 @@ tasks - its report, idle refresh tokens, threads and forked processes."""
 from __future__ import annotations
 
 import datetime
+import multiprocessing
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -173,10 +177,11 @@ def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
         f"{len(transaction_control) / TOKENS:.2f}; app reads {len(apps)}; pages {len(pages)}"
     )
     assert len(apps) <= 1
-    # 3: the lease claimed with the in-flight mark, on the token as read (no
-    # re-read); the token; its bookkeeping, releasing the lease (no BEGIN/COMMIT).
-    # Plus one batched history INSERT (BEGIN, COMMIT) per run.
-    assert per_refresh <= 3.5
+    # 4: the lease claimed on the token as read (no re-read); the last check
+    # before sending (the in-flight mark, renewing the lease); the token; its
+    # bookkeeping, releasing the lease (no BEGIN/COMMIT). Plus one batched
+    # history INSERT (BEGIN, COMMIT) per run.
+    assert per_refresh <= 4.5
     assert len(transaction_control) <= 2
     # The history is written in batches, all of it.
     assert RefreshEvent.objects.filter(outcome="refreshed").count() == TOKENS
@@ -197,3 +202,104 @@ def test_keep_alive_reuses_one_session_per_thread_and_closes_it() -> None:
         assert other[0] is not kept
     assert getattr(client._keep_alive, "session", None) is None
     assert client._session()[0] is not kept
+
+
+# -- what a run reports for each kind of failure -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"concurrency": 0},
+        {"processes": 0},
+        {"batch_size": 0},
+        {"within": -1},
+        {"refresh_within": -1},
+    ],
+)
+def test_impossible_arguments_are_refused_before_any_work(arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=">= "):
+        background.refresh_due(**arguments)
+
+
+@pytest.mark.django_db
+def test_a_provider_without_an_app_fails_transiently_for_a_person_to_fix(
+    make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    make_token(expires_in=-10)  # provider "fake", no SocialApp
+    report = background.refresh_due()
+    assert report.codes == {background.FAILED_TRANSIENTLY: {"provider_not_configured": 1}}
+    assert report.failed_permanently == 0
+    assert scripted.received == []
+
+
+@pytest.mark.django_db
+def test_a_provider_that_cannot_be_refreshed_is_skipped(
+    make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    SocialApp.objects.create(provider="twitter", name="X (OAuth 1)", client_id="t", secret="s")
+    token = make_token(expires_in=-10, provider="twitter")
+    report = background.refresh_due()
+    assert report.skipped == {"unsupported_provider": 1}
+    assert report.failed_permanently == 0
+    assert stored(token).token == "old-access"
+
+
+@pytest.mark.django_db
+def test_refresh_ids_skips_a_token_in_its_back_off(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    token = make_token(expires_in=-10)
+    scripted.script(Reply(503, "down"))
+    failed = background.refresh_ids([token.pk])
+    assert failed.codes == {background.FAILED_TRANSIENTLY: {"server_error": 1}}
+    again = background.refresh_ids([token.pk])  # a task retried at once
+    assert again.skipped == {"backoff": 1}
+    assert len(scripted.token_requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_threads_refresh_every_due_token_once(
+    fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    users = seed_many(fake_app)
+    seen: list[background.Result] = []
+    report = background.refresh_due(concurrency=4, on_result=seen.append)
+    assert report.refreshed == TOKENS == len(users) == len(seen)
+    assert len({r.token_id for r in seen}) == TOKENS
+    assert len(scripted.token_requests) == TOKENS
+    assert RefreshEvent.objects.count() == TOKENS  # each thread's buffered history written
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_process_killed_mid_run_fails_the_run(
+    scripted: ScriptedServer, settings: Any
+) -> None:
+    """A child killed from outside (the OOM killer) sends no "done": the run says
+    which one died instead of waiting for it forever."""
+    settings.FAKE_PROVIDER_TOKEN_URL = scripted.token_url
+    release = threading.Event()
+    scripted.script(Reply(200, tokens().body, hold=release))
+    app = SocialApp.objects.create(provider="fake", name="F", client_id="c", secret="s")
+    seed_many(app)
+    failure: list[str] = []
+
+    def run() -> None:
+        try:
+            background.refresh_due(processes=2)
+        except RuntimeError as exc:
+            failure.append(str(exc))
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(scripted.token_requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each child holds one request at the provider
+        [victim] = [c for c in multiprocessing.active_children() if c.name == "refresh-tokens-0"]
+        os.kill(victim.pid or 0, signal.SIGKILL)
+    finally:
+        release.set()
+        runner.join(timeout=60)
+    assert failure == ["refresh process(es) died: refresh-tokens-0"]
+    assert not multiprocessing.active_children()

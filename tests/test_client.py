@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,12 +15,13 @@ from django.utils import timezone
 from django_token_rotation import (
     ProviderNotRefreshable,
     ReauthenticationRequired,
+    TokenRefreshUnavailable,
     get_access_token,
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
-from tests.helpers import MakeToken
-from tests.scripted_server import ScriptedServer, tokens
+from tests.helpers import IN_CI, ROOT, MakeToken
+from tests.scripted_server import Reply, ScriptedServer, tokens
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -104,3 +109,82 @@ def test_only_bearer_tokens_are_accepted(
     # The access token is not used; the new refresh token is kept
     # (tests/test_refresh_token_kept.py).
     assert (token.token, token.token_secret) == ("old-access", "new-refresh")
+
+
+# -- both urllib3 majors ------------------------------------------------------------
+
+#: Set by the test below for the run it starts: the urllib3 series that must be imported.
+URLLIB3_UNDER_TEST = os.environ.get("TOKEN_ROTATION_TEST_URLLIB3", "")
+
+
+def test_the_urllib3_asked_for_is_the_one_imported() -> None:
+    from importlib.metadata import version
+
+    assert version("urllib3").startswith(URLLIB3_UNDER_TEST)
+
+
+def test_the_transport_works_with_urllib3_1_26(tmp_path: Path) -> None:
+    """``requests>=2.31`` admits urllib3 1.26, whose ``HTTPResponse`` has no
+    ``read1``: every refresh used to reach the provider and then fail as
+    ``connection_error``. This file and tests/test_deadline.py (TLS, dripping
+    answers, hangs, the shared deadline; not the process races) run again with
+    urllib3 1.26 ahead of the installed 2.x on the path."""
+    target = tmp_path / "urllib3-1.26"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+        + ["urllib3>=1.26,<2"],
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0:
+        if IN_CI:
+            pytest.fail(f"pip could not install urllib3 1.26: {install.stderr[-2000:]}")
+        pytest.skip("urllib3 1.26 cannot be installed here (no package index?)")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
+        + ["tests/test_client.py", "tests/test_deadline.py"]
+        + ["-k", "not race and not urllib3_1_26"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
+            "TOKEN_ROTATION_TEST_URLLIB3": "1.26.",
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    print(f"\nwith urllib3 1.26: {summary}")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary
+
+
+@pytest.mark.django_db
+def test_a_sites_retry_of_posts_never_sends_the_refresh_token_twice(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    user: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site whose allauth adapter mounts a urllib3 ``Retry`` that retries POSTs:
+    the provider reads the refresh request and drops the connection, urllib3
+    tries again, and the second send is refused before it is written."""
+    import requests
+    from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+    from urllib3.util.retry import Retry
+
+    def retrying_session(self: Any) -> requests.Session:
+        session = requests.Session()
+        retry = Retry(total=3, read=3, connect=3, allowed_methods=None, backoff_factor=0)
+        session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+        return session
+
+    monkeypatch.setattr(DefaultSocialAccountAdapter, "get_requests_session", retrying_session)
+    make_token()
+    scripted.script(Reply(drop=True), tokens())
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        get_access_token(user, "fake")
+    assert excinfo.value.code == "connection_error"
+    assert len(scripted.token_requests) == 1

@@ -13,6 +13,7 @@ import datetime
 from io import StringIO
 from typing import Any
 
+import jwt
 import pytest
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from django.core.management import call_command
@@ -215,3 +216,51 @@ def test_issue_time_without_an_account_is_when_the_token_was_first_seen() -> Non
     assert expiry.issued_at(token) is None
     state = TokenState(created_at=timezone.now())
     assert expiry.issued_at(token, state) == state.created_at
+
+
+# -- a JWT's exp is only a hint: junk in it means "unknown", never an error ------------
+
+
+def _unsigned(claims: Any) -> str:
+    return jwt.encode(claims, "k" * 32, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "access_token",
+    [
+        pytest.param("opaque-token", id="not a JWT"),
+        pytest.param("a.b.c", id="three parts, not JSON"),
+        pytest.param(_unsigned({"sub": "x"}), id="no exp"),
+        pytest.param(_unsigned({"exp": "tomorrow"}), id="exp a string"),
+        pytest.param(_unsigned({"exp": True}), id="exp a boolean"),
+        pytest.param(_unsigned({"exp": 10**20}), id="exp beyond any date"),
+    ],
+)
+def test_jwt_expiry_of_junk_is_unknown(access_token: str) -> None:
+    assert expiry.jwt_expiry(access_token) is None
+
+
+def test_jwt_expiry_is_the_exp_claim_unverified() -> None:
+    when = datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())})) == when
+
+
+@pytest.mark.django_db
+def test_a_token_without_expires_at_expires_at_its_jwt_exp(make_token: MakeToken) -> None:
+    when = timezone.now().replace(microsecond=0) + datetime.timedelta(minutes=10)
+    token = make_token(access=_unsigned({"exp": int(when.timestamp())}), expires_in=None)
+    assert expiry.expiry(token) == when
+
+
+def test_backoff_doubles_up_to_its_cap_while_the_token_works(settings: Any) -> None:
+    settings.TOKEN_ROTATION_RETRY_BACKOFF = 5
+    assert [expiry.backoff(n) for n in (0, 1, 2, 3, 7, 100)] == [5, 5, 10, 20, 300, 300]
+    assert expiry.retry_after_cap(expired=False) == 300
+
+
+def test_backoff_is_short_and_jittered_once_the_token_has_expired() -> None:
+    for failures, step in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (50, 4.0)):
+        waits = [expiry.backoff(failures, expired=True) for _ in range(20)]
+        assert all(step / 2 <= wait <= step for wait in waits), (failures, waits)
+        assert len(set(waits)) > 1  # jittered: hosts do not retry in step
+    assert expiry.retry_after_cap(expired=True) == 30

@@ -362,6 +362,7 @@ def test_browser_client_refused_grant_is_what_fetch_calls_get_today(
         "error": "RefreshAccessTokenError",
         "provider": "fake",
         "reauth_url": "/accounts/fake/login/?process=login&next=%2Fapp%2F",
+        "message": "Your sign-in with Fake has expired. Please sign in again to continue.",
     }
     session = browser.get(f"{BROWSER}/auth/session", headers=FETCH)
     assert session.status_code == 200  # allauth's own endpoints: never interrupted

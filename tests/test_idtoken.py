@@ -13,7 +13,7 @@ from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.cache import cache
 
-from django_token_rotation import ReauthenticationRequired, get_access_token
+from django_token_rotation import ReauthenticationRequired, get_access_token, idtoken
 from django_token_rotation.models import TokenState, fingerprint
 from tests.helpers import MakeToken
 from tests.scripted_server import Reply, ScriptedServer, tokens
@@ -248,3 +248,53 @@ def test_rotated_signing_keys_are_fetched_again_but_not_for_every_unknown_kid(
     oidc.refresh_from_db()
     assert oidc.token_secret == "x-refresh"
     assert not TokenState.objects.get().needs_reauth
+
+
+def test_a_jwks_without_a_usable_key_keeps_the_tokens_but_not_the_claims(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted.static["/jwks"] = Reply(200, {"keys": [{"kty": "no-such-type", "kid": "k1"}]})
+    scripted.script(tokens(id_token=id_token(scripted)))
+    assert get_access_token(user, "scripted") == "new-access"
+    oidc.refresh_from_db()
+    assert oidc.token_secret == "new-refresh"
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"
+    assert "was not checked (jwks_unavailable)" in caplog.text
+
+
+def test_an_id_token_without_a_kid_is_checked_with_the_only_key(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    now = int(time.time())
+    claims = {"iss": scripted.base_url, "aud": "oidc-client", "sub": "user-1"}
+    payload = {**claims, "iat": now, "exp": now + 300, "email": "new@example.com"}
+    unnamed = jwt.encode(payload, KEY, algorithm="RS256")
+    assert "kid" not in jwt.get_unverified_header(unnamed)
+    scripted.script(tokens(id_token=unnamed))
+    assert get_access_token(user, "scripted") == "new-access"
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "new@example.com"  # verified
+
+
+def test_without_stored_claims_the_subject_is_the_accounts_uid(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    SocialAccount.objects.filter(pk=oidc.account_id).update(extra_data={})
+    scripted.script(tokens(id_token=id_token(scripted, sub="someone-else")))
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "scripted")
+    assert excinfo.value.code == "id_token_invalid"
+
+
+def test_expected_subject_of_each_account_shape(oidc: SocialToken) -> None:
+    token = SocialToken.objects.select_related("account", "app").get(pk=oidc.pk)
+    assert idtoken.expected_subject(token) == "user-1"  # the stored claims
+    token.account.extra_data = {"id_token": "not claims"}
+    token.account.uid = "uid-7"
+    assert idtoken.expected_subject(token) == "uid-7"  # uid is the sub by default
+    assert token.app is not None
+    token.app.settings["uid_field"] = "email"
+    assert idtoken.expected_subject(token) is None  # uid is not the sub: unknown
+    token.app = None
+    assert idtoken.expected_subject(token) == "uid-7"

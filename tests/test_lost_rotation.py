@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp, SocialToken
 from django.db import connection
+from django.test import Client
 
 from django_token_rotation import (
+    REFRESH_ACCESS_TOKEN_ERROR,
     ReauthenticationRequired,
     TokenRefreshUnavailable,
     get_access_token,
@@ -17,6 +20,7 @@ from django_token_rotation import (
 from django_token_rotation.models import TokenState
 from tests.helpers import MakeToken, connect, failing_token_writes, start_workers, worker_env
 from tests.scripted_server import ScriptedServer, oauth_error, tokens
+from tests.test_middleware import error_in
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
 
@@ -123,3 +127,38 @@ def test_worker_killed_between_answer_and_commit(provider: Any) -> None:
     with pytest.raises(ReauthenticationRequired):
         get_access_token(user, "dot")
     assert provider.stats()["refresh_calls"] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_after_the_answer_ends_at_sign_in_again_never_a_loop_or_a_500(
+    provider: Any, client: Client
+) -> None:
+    """The worker process is SIGKILLed after the provider rotated the refresh
+    token and before the answer was stored. The user's next page waits for the
+    dead worker's lease (3 s), replays the spent refresh token once, and shows
+    the sign-in prompt (``lost_rotation``); the pages after it do not ask the
+    provider again."""
+    user, token = connect("default", provider)
+    env = worker_env(
+        "default",
+        TOKEN_ROTATION_TEST_DIE_AFTER_ANSWER="1",
+        TOKEN_ROTATION_TEST_LEASE="3",
+        TOKEN_ROTATION_TEST_TIMEOUT="1",
+    )
+    [worker] = start_workers(
+        1, alias="default", user_id=user.pk, provider="dot", threads=1, env=env
+    )
+    worker.communicate(timeout=120)
+    assert worker.returncode == -signal.SIGKILL
+    assert provider.stats()["refresh_calls"] == 1
+    assert TokenState.objects.get().lease_id  # the dead worker's lease, running out
+
+    client.force_login(user)
+    pages = [client.get("/page/") for _ in range(3)]
+
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    assert all(error_in(page) == REFRESH_ACCESS_TOKEN_ERROR for page in pages)
+    state = TokenState.objects.get()
+    assert state.needs_reauth and state.last_error == "lost_rotation"
+    assert provider.stats()["refresh_calls"] == 2  # one replay, then never again
+    assert SocialToken.objects.get(pk=token.pk).token_secret == token.token_secret

@@ -135,8 +135,8 @@ def test_success_releases_the_whole_lease_on_every_database(alias: str) -> None:
     ],
 )
 def test_a_claim_as_read_fails_on_any_change_since_the_read(alias: str) -> None:
-    """The one-statement claim (lease + in-flight mark) of a caller that does not
-    re-read: any refresh, attempt or outcome since its read makes it fail."""
+    """The claim of a caller that does not re-read: any refresh, attempt or
+    outcome since its read makes it fail."""
     from allauth.socialaccount.models import SocialAccount, SocialToken
     from django.contrib.auth import get_user_model
 
@@ -162,13 +162,10 @@ def test_a_claim_as_read_fails_on_any_change_since_the_read(alias: str) -> None:
     states.filter(pk=token.pk).update(consecutive_failures=0, refresh_count=1)
     assert not claim("x")
     states.filter(pk=token.pk).update(refresh_count=0)
-    # As read: claimed and marked in flight, in one statement.
+    # As read: claimed. The in-flight mark waits for the send (mark_in_flight).
     assert claim("a")
     state = states.get(pk=token.pk)
-    assert state.lease_id == "a" * 32 and state.inflight_fingerprint == fingerprint("r")
-    assert state.inflight_since is not None
+    assert state.lease_id == "a" * 32 and state.inflight_fingerprint == ""
     assert not claim("b")  # the lease is taken
-    # Never sent: the release puts the in-flight mark back as it was read.
-    states.release_lease(token.pk, "a" * 32, unmark=seen)
-    state = states.get(pk=token.pk)
-    assert (state.lease_id, state.inflight_fingerprint, state.inflight_since) == ("", "", None)
+    states.release_lease(token.pk, "a" * 32)
+    assert states.get(pk=token.pk).lease_id == ""

@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp
+from allauth.socialaccount.providers.oauth2.client import OAuth2Client
+from allauth.socialaccount.providers.oauth2.provider import OAuth2Provider
+from allauth.socialaccount.providers.oauth2.views import OAuth2Adapter
 from django.core.cache import cache
 
 from django_token_rotation import TokenRefreshUnavailable, get_access_token, providers
@@ -139,3 +142,59 @@ def test_html_discovery_document_is_refused(
     with pytest.raises(TokenRefreshUnavailable) as excinfo:
         get_access_token(user, "scripted")
     assert excinfo.value.code == "discovery_failed"
+
+
+# -- a new allauth provider is classified from its classes, without a change here ------
+
+
+class _Adapter(OAuth2Adapter):
+    provider_id = "tests_new"
+    access_token_url = "https://new.example/token"
+
+
+class _OwnClient(OAuth2Client):
+    def get_access_token(self, code: Any, pkce_code_verifier: Any = None) -> Any:
+        raise NotImplementedError
+
+
+class _OwnClientAdapter(_Adapter):
+    client_class = _OwnClient
+
+
+class _OwnGetClientAdapter(_Adapter):
+    def get_client(self, request: Any, app: Any) -> Any:
+        raise NotImplementedError
+
+
+class _SignInDataAdapter(_Adapter):
+    def get_access_token_data(self, request: Any, app: Any, client: Any, pkce: Any = None) -> Any:
+        raise NotImplementedError
+
+
+def _provider_class(adapter: type[OAuth2Adapter] | None) -> type[OAuth2Provider]:
+    attributes: dict[str, Any] = {"id": "tests_new", "name": "New"}
+    if adapter is not None:
+        attributes["oauth2_adapter_class"] = adapter
+    return type("NewProvider", (OAuth2Provider,), attributes)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "reason"),
+    [
+        pytest.param(_Adapter, None, id="the standard exchange"),
+        pytest.param(None, "custom_token_exchange", id="no OAuth2 adapter"),
+        pytest.param(_OwnClientAdapter, "custom_token_exchange", id="its own client"),
+        pytest.param(_OwnGetClientAdapter, "custom_token_exchange", id="builds its own client"),
+        pytest.param(_SignInDataAdapter, "sign_in_parameter", id="reads the sign-in request"),
+    ],
+)
+def test_refusal_reason_of_a_provider_unknown_to_the_registry(
+    adapter: type[OAuth2Adapter] | None, reason: str | None
+) -> None:
+    assert providers.refusal_reason(_provider_class(adapter)) == reason
+
+
+def test_a_provider_that_is_not_oauth2_is_refused() -> None:
+    from allauth.socialaccount.providers.twitter.provider import TwitterProvider
+
+    assert providers.refusal_reason(TwitterProvider) == "not_oauth2"

@@ -256,3 +256,27 @@ def test_command_and_requests_on_the_same_tokens_refresh_each_once(
     assert len(outputs) == 2
     assert set(SocialToken.objects.values_list("token", flat=True)) == {"new-access"}
     assert sum(TokenState.objects.values_list("refresh_count", flat=True)) == TOKENS
+
+
+@pytest.mark.django_db
+def test_verbosity_2_lists_every_token_with_its_reason(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    due = make_token(expires_in=-10)
+    no_refresh = make_token(expires_in=-10, refresh="")
+    out, err = call_refresh_tokens("-v", "2")
+    assert f"token {due.pk}: refreshed\n" in out
+    assert f"token {no_refresh.pk}: skipped (no_refresh_token)" in out
+    assert err == ""
+    quiet, _ = call_refresh_tokens()  # -v 1: the summary line only
+    assert "token " not in quiet
+
+
+@pytest.mark.django_db
+def test_a_user_id_that_matches_no_one_exits_2(make_token: MakeToken, user: Any) -> None:
+    with pytest.raises(CommandError, match="No user '999999'") as excinfo:
+        call_refresh_tokens("--user", "999999")
+    assert excinfo.value.returncode == 2
+    with pytest.raises(CommandError) as batch:
+        call_refresh_tokens("--batch-size", "0")
+    assert (batch.value.returncode, str(batch.value)) == (2, "--batch-size must be >= 1.")

@@ -268,3 +268,26 @@ def test_tokens_left_when_the_budget_is_spent_are_not_sent(
     assert (result.revoked, result.code, result.token_id) == (False, "out_of_time", oidc_token.pk)
     assert revocations(scripted) == []
     assert SocialToken.objects.filter(pk=oidc_token.pk).exists()
+
+
+def test_a_bad_revocation_setting_never_fails_a_logout_or_a_disconnect(
+    client: Client,
+    oidc_token: SocialToken,
+    scripted: ScriptedServer,
+    user: Any,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.TOKEN_ROTATION_REVOKE_ON_LOGOUT = True
+    settings.TOKEN_ROTATION_REVOKE_ON_DISCONNECT = True
+    settings.TOKEN_ROTATION_REVOKE_TIMEOUT = "soon"  # manage.py check reports it (E005)
+    _logout(client, user)
+    assert "_auth_user_id" not in client.session  # logged out all the same
+    SocialAccount.objects.get(pk=oidc_token.account_id).delete()
+    assert not SocialAccount.objects.filter(pk=oidc_token.account_id).exists()
+    assert revocations(scripted) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "Revocation on logout failed (ImproperlyConfigured).",
+        "Revocation on disconnect failed (ImproperlyConfigured).",
+    ]

@@ -17,6 +17,7 @@ from django_token_rotation import (
     TokenRefreshUnavailable,
     get_access_token,
     refresh,
+    rotation,
     signals,
 )
 from django_token_rotation.models import TokenState
@@ -351,9 +352,14 @@ def test_transient_failures_keep_everything_and_back_off(
     code: str,
     received_signals: list[Any],
     django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token = make_token(expires_in=-1)
     scripted.script(reply)
+    # Django's clock stands still: an expired token's back-off (0.5 s) must not
+    # pass between the two calls on a loaded machine.
+    frozen = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: frozen)
 
     with (
         django_capture_on_commit_callbacks(execute=True),
@@ -690,8 +696,13 @@ def test_forced_refresh(
 
 
 def test_oauth1_tokens_are_left_alone(
-    make_token: MakeToken, user: Any, caplog: pytest.LogCaptureFixture
+    make_token: MakeToken,
+    user: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Logged once per provider and process: forget what earlier tests logged.
+    monkeypatch.setattr(rotation, "_left_alone", set())
     SocialApp.objects.create(provider="twitter", name="T", client_id="k", secret="s")
     make_token(provider="twitter", expires_in=30)
     # Due, but not refreshable: the still-valid token is returned...

@@ -11,6 +11,8 @@ def page(request: HttpRequest) -> HttpResponse:
     return render(request, "page.html")
 
 
+# Django runs no async view in a transaction: under ATOMIC_REQUESTS a site marks them.
+@transaction.non_atomic_requests
 @login_required
 async def async_page(request: HttpRequest) -> HttpResponse:
     return HttpResponse("async ok")

@@ -19,4 +19,10 @@ if ! mariadb_up && mariadb -uroot -e "SELECT 1" >/dev/null 2>&1; then
     mariadb -uroot -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket \
         OR mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
 fi
+# Time zone definitions, as Django asks of a MySQL/MariaDB site with USE_TZ = True
+# (date lookups in the current zone, the admin's among them); Debian ships none.
+if [ "$(mariadb -h 127.0.0.1 -P 3306 -uroot -N -e "SELECT COUNT(*) FROM mysql.time_zone_name")" = 0 ]; then
+    echo "Loading MariaDB's time zone tables"
+    mariadb-tzinfo-to-sql /usr/share/zoneinfo 2>/dev/null | mariadb -h 127.0.0.1 -P 3306 -uroot mysql
+fi
 mariadb -h 127.0.0.1 -P 3306 -uroot -e "SELECT VERSION()"

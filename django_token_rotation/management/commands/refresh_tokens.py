@@ -16,7 +16,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_token_rotation import background, health, rotation
+from django_token_rotation import background, health
+from django_token_rotation.expiry import expiry
+from django_token_rotation.store import state_of
 
 
 class Command(BaseCommand):
@@ -153,7 +155,7 @@ class Command(BaseCommand):
     def _describe(self, result: background.Result) -> str:
         token = result.token
         assert token is not None
-        expires = rotation.expiry(token, rotation.state_of(token))
+        expires = expiry(token, state_of(token))
         when = health.format_time(expires) if expires else "unknown"
         what = f"skip ({result.code})" if result.code else "would refresh"
         return (
