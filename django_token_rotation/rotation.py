@@ -406,7 +406,9 @@ class Refresh:
                 )
         except DatabaseError as exc:
             # Someone else's open transaction holds the row: not ours to wait for.
-            if transactions.is_lock_timeout(exc):
+            # Or, under REPEATABLE READ, another worker changed it since our snapshot
+            # (40001): the same as losing the claim, the loop reads again.
+            if transactions.is_lock_timeout(exc) or transactions.is_serialization_failure(exc):
                 return False
             raise
         if claimed:
