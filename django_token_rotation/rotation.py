@@ -300,8 +300,6 @@ class Refresh:
         # worker's refresh: the current token is good enough.
         patient = self.force or is_expired(token, state_of(token))
         wait = app_settings.WAIT if patient else 0.0
-        if patient:
-            wakeup.listen(token)
         ends = time.monotonic() + wait
         with singleflight.process_turn(token, wait) as first:
             if not self.claim(first, ends):
@@ -312,9 +310,9 @@ class Refresh:
             finally:
                 if not released:
                     self.release()
-                # Other processes are told only when someone there may be
-                # waiting: when this caller's token had expired (or it forced).
-                wakeup.notify(token, processes=patient)
+                # This process's waiters at once; other processes poll
+                # (docs/performance.rst: LISTEN/NOTIFY did not earn its connection).
+                wakeup.notify(token, processes=False)
         return token
 
     # -- 1. claim ------------------------------------------------------------
@@ -408,7 +406,9 @@ class Refresh:
                 )
         except DatabaseError as exc:
             # Someone else's open transaction holds the row: not ours to wait for.
-            if transactions.is_lock_timeout(exc):
+            # Or, under REPEATABLE READ, another worker changed it since our snapshot
+            # (40001): the same as losing the claim, the loop reads again.
+            if transactions.is_lock_timeout(exc) or transactions.is_serialization_failure(exc):
                 return False
             raise
         if claimed:

@@ -8,10 +8,10 @@ The protocol itself (claim the lease, send, store, release) is
    so only one of them touches the database at a time; one that had to wait
    re-reads the token first (the thread before it has usually just refreshed it).
 2. A caller that finds another worker holding the token's lease waits for a
-   change (:func:`wait_for_change`): woken by the winner (:mod:`.wakeup`: at
-   once in its own process, by ``NOTIFY`` on PostgreSQL in the others), and
-   re-reading at least every :data:`POLL_MAX` seconds all the same, so a lost
-   wake-up costs what polling costs, never more than ``TOKEN_ROTATION_WAIT``.
+   change (:func:`wait_for_change`): woken at once by a winner in its own
+   process (:mod:`.wakeup`), re-reading every :data:`POLL_FIRST` to
+   :data:`POLL_MAX` seconds otherwise (a winner in another process), never
+   longer than ``TOKEN_ROTATION_WAIT``.
 """
 
 from __future__ import annotations
