@@ -238,6 +238,8 @@ def _atomic_requests() -> None:
 
 def _conn_max_age() -> None:
     for db in DATABASES.values():
+        if "pool" in cast("dict[str, object]", db.get("OPTIONS", {})):
+            continue  # Django: a pooled alias cannot also keep persistent connections
         db["CONN_MAX_AGE"] = 60
         db["CONN_HEALTH_CHECKS"] = True
 

@@ -247,14 +247,6 @@ def test_jwt_expiry_is_the_exp_claim_unverified() -> None:
     assert expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())})) == expected
 
 
-def test_jwt_expiry_is_naive_local_time_under_use_tz_false(settings: Any) -> None:
-    settings.USE_TZ = False
-    when = datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    got = expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())}))
-    assert got is not None and timezone.is_naive(got)
-    assert got == timezone.make_naive(when)
-
-
 @pytest.mark.django_db
 def test_a_token_without_expires_at_expires_at_its_jwt_exp(make_token: MakeToken) -> None:
     when = timezone.now().replace(microsecond=0) + datetime.timedelta(minutes=10)
