@@ -1,9 +1,9 @@
 """The test matrix and the linters, as CI runs them (``.ci/steps/``): ``nox -l`` lists them.
 
 - ``tests-3.11`` (Django 5.2 LTS) and ``tests-3.13`` (the newest Django): the whole suite.
-- ``usetz_false``: the whole suite with ``USE_TZ = False``.
-- ``shapes``: the ``shapes`` subset (engine, middleware and sessions, admin,
-  headless, transactions, processes) once per shape of ``tests/settings.py``
+- ``usetz_false``: the whole suite with ``USE_TZ = False`` (CI runs ``minimum`` with it instead).
+- ``shapes`` (Python 3.12, Django 6.0): the ``shapes`` subset (engine, middleware and
+  sessions, admin, headless, transactions, processes) once per shape of ``tests/settings.py``
   (``nox -s shapes -- atomic_requests custom_user`` runs only those), with a
   pass count per shape.
 - ``minimum``: the whole suite on the lowest version of every runtime
@@ -63,8 +63,12 @@ def minimum_versions() -> list[str]:
 WORKERS = ["-n", os.environ.get("TEST_WORKERS", "3"), "--dist", "loadgroup"]
 PYTEST = ["python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS]
 
-# Shapes the `shapes` session leaves out: the whole suite runs under them elsewhere.
+# Shapes the `shapes` session leaves out: the whole suite runs under them elsewhere
+# (CI's minimum session runs with USE_TZ = False).
 WHOLE_SUITE_SHAPES = {"usetz_false"}
+# Shapes run only when named (`nox -s shapes -- cached_db_sessions postgres_site`):
+# CI's 40 minutes on two cores hold the shapes a site chooses between, one at a time.
+ON_REQUEST_SHAPES = {"cached_db_sessions"}
 # The parts of the shapes subset (tests/conftest.py SHAPES_MODULES) each shape can
 # change; a shape not named here (a new one) runs the whole subset.
 SHAPE_MARKS = {
@@ -111,9 +115,12 @@ def _counts(junit: Path) -> dict[str, int]:
     return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.12")
 def shapes(session: nox.Session) -> None:
-    install(session)
+    # Python 3.12 with Django 6.0: the versions between the whole suite's two runs
+    # (3.11 / 5.2 LTS and 3.13 / the newest Django) are tested here, in every shape.
+    install(session, "django>=6.0,<6.1")
+    session.run("python", "-m", "django", "--version")
     known = session.run(
         "python",
         "-c",
@@ -121,8 +128,7 @@ def shapes(session: nox.Session) -> None:
         silent=True,
     )
     every = list(json.loads(str(known).strip().splitlines()[-1]))
-    runs = {name: name for name in every if name not in WHOLE_SUITE_SHAPES}
-    runs.update(COMBINED_SHAPES)
+    runs = {name: name for name in every if name not in WHOLE_SUITE_SHAPES | ON_REQUEST_SHAPES}
     if session.posargs:
         runs = {name: COMBINED_SHAPES.get(name, name) for name in session.posargs}
     results: dict[str, dict[str, int]] = {}

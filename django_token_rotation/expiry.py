@@ -12,6 +12,7 @@ import random
 from typing import TYPE_CHECKING
 
 import jwt
+from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.utils import timezone
 
@@ -39,9 +40,12 @@ def jwt_expiry(access_token: str) -> datetime.datetime | None:
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         return None
     try:
-        return datetime.datetime.fromtimestamp(exp, tz=datetime.UTC)
+        value = datetime.datetime.fromtimestamp(exp, tz=datetime.UTC)
     except (OverflowError, OSError, ValueError):
         return None
+    # Under USE_TZ = False Django's datetimes (SocialToken.expires_at, timezone.now())
+    # are naive local times: compare like with like.
+    return value if settings.USE_TZ else timezone.make_naive(value)
 
 
 #: A lifetime inferred from a stored expiry shorter than this is not trusted

@@ -79,7 +79,7 @@ async def test_a_fresh_token_is_returned_without_a_refresh(
 async def test_64_concurrent_async_callers_cause_one_refresh_and_leave_no_connection(
     make_token: MakeToken, fake_app: SocialApp, scripted: ScriptedServer, user: Any
 ) -> None:
-    """The loop keeps ticking while the refresh is in flight (1 s at the
+    """The loop keeps ticking while the refresh is in flight (2 s at the
     endpoint), and the refresh threads' connections are closed afterwards."""
     await asyncio.to_thread(make_token, expires_in=3600)
     # Warm up: the fast path's thread (Django's, shared) has its connection now.
@@ -87,7 +87,7 @@ async def test_64_concurrent_async_callers_cause_one_refresh_and_leave_no_connec
     db_file = str(connections["default"].settings_dict["NAME"])
     before = open_files(os.getpid(), db_file)
     await SocialToken.objects.all().aupdate(expires_at=timezone.now() - datetime.timedelta(1))
-    scripted.script(Reply(200, tokens().body, delay=1.0))
+    scripted.script(Reply(200, tokens().body, delay=2.0))
 
     gaps: list[float] = []
     done = asyncio.Event()
@@ -114,8 +114,9 @@ async def test_64_concurrent_async_callers_cause_one_refresh_and_leave_no_connec
     )
     assert results == ["new-access"] * CALLERS
     assert len(scripted.token_requests) == 1
-    # A blocked loop would have stalled for the whole second at the endpoint.
-    assert max(gaps) < 0.5
+    # A blocked loop would have stalled for the endpoint's whole 2 s; a loaded
+    # machine's scheduling hiccups stay well below 1.5 s.
+    assert max(gaps) < 1.5
     # The pool threads that refreshed and waited closed their connections.
     assert open_files(os.getpid(), db_file) <= before
 

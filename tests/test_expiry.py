@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 import pytest
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -242,7 +243,16 @@ def test_jwt_expiry_of_junk_is_unknown(access_token: str) -> None:
 
 def test_jwt_expiry_is_the_exp_claim_unverified() -> None:
     when = datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    assert expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())})) == when
+    expected = when if django_settings.USE_TZ else timezone.make_naive(when)
+    assert expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())})) == expected
+
+
+def test_jwt_expiry_is_naive_local_time_under_use_tz_false(settings: Any) -> None:
+    settings.USE_TZ = False
+    when = datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    got = expiry.jwt_expiry(_unsigned({"exp": int(when.timestamp())}))
+    assert got is not None and timezone.is_naive(got)
+    assert got == timezone.make_naive(when)
 
 
 @pytest.mark.django_db
