@@ -339,3 +339,32 @@ def check_offline_access_database_apps(
             offline_access_problems(app.provider, scope, auth_params, f"SocialApp {app.pk}")
         )
     return problems
+
+
+SIGNED_COOKIES = "django.contrib.sessions.backends.signed_cookies"
+
+
+@checks.register(checks.Tags.compatibility)
+def check_headless_sessions(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """allauth headless app clients cannot sign in with signed-cookie sessions (allauth
+    does not say so: their ``X-Session-Token`` names a stored session, which a signed
+    cookie is not, and allauth headless answers 410 to every request of theirs)."""
+    from .conf import docs_url
+
+    if not apps.is_installed("allauth.headless") or settings.SESSION_ENGINE != SIGNED_COOKIES:
+        return []
+    from allauth.headless import app_settings as headless_settings
+
+    if "app" not in headless_settings.CLIENTS:
+        return []
+    return [
+        checks.Warning(
+            "allauth.headless app clients (X-Session-Token) cannot keep a session with "
+            f"SESSION_ENGINE = {SIGNED_COOKIES!r}: allauth headless answers them 410, so "
+            "their tokens are never refreshed. Browser clients (cookies) are not concerned.",
+            hint="Use a server-side session engine (db, cache or cached_db), or set "
+            'HEADLESS_CLIENTS = ("browser",) if you serve no app clients: '
+            f"{docs_url('headless', 'what-is-not-served')}",
+            id="token_rotation.W011",
+        )
+    ]

@@ -32,10 +32,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.conf import settings
 from django.contrib.auth import SESSION_KEY as AUTH_USER_KEY
 from django.contrib.auth import get_user
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.http import HttpRequest
+from django.utils import timezone
 
 from . import REFRESH_ACCESS_TOKEN_ERROR
 
@@ -68,8 +70,18 @@ class TokenSession:
             "error": self.error,
             "provider": self.provider,
             "code": self.code,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expires_at": _json_time(self.expires_at),
         }
+
+
+def _json_time(value: datetime.datetime | None) -> str | None:
+    """ISO 8601 as Django's JSON encoder writes it: aware with ``USE_TZ = True``, else
+    naive in ``TIME_ZONE`` (the times a ``USE_TZ = False`` site stores and shows)."""
+    if value is None:
+        return None
+    if not settings.USE_TZ and timezone.is_aware(value):
+        value = timezone.make_naive(value, timezone.get_default_timezone())
+    return value.isoformat()
 
 
 USER, CHECK_AT, EXPIRES_AT, ERROR = "u", "c", "x", "e"

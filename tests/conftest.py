@@ -101,6 +101,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: Why app-client tests skip under signed-cookie sessions (the ``app_sessions`` fixture).
+APP_SESSIONS_NEED_A_STORE = (
+    "allauth headless app clients (X-Session-Token) need a server-side session: "
+    "a signed-cookie session cannot be named by a token, allauth headless answers "
+    "410 (SESSION_ENGINE = signed_cookies; check token_rotation.W011)"
+)
+
+
+@pytest.fixture
+def app_sessions(settings: Any) -> None:
+    """Skips a test of allauth headless app clients where their sessions cannot live."""
+    if settings.SESSION_ENGINE == "django.contrib.sessions.backends.signed_cookies":
+        pytest.skip(APP_SESSIONS_NEED_A_STORE)
+
+
 @pytest.fixture
 def hidden_secrets(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     """Secrets no log record may contain, from any logger at any level.

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialApp
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
@@ -25,8 +26,16 @@ def ids(messages: list[Any]) -> list[str]:
 @pytest.mark.django_db  # Django 6 runs model checks that open a connection
 def test_the_test_settings_pass_every_check() -> None:
     out = StringIO()
-    call_command("check", stdout=out)
-    assert "no issues" in out.getvalue()
+    signed_cookies = django_settings.SESSION_ENGINE == checks.SIGNED_COOKIES  # a shape's
+    err = StringIO()
+    call_command(
+        "check", stdout=out, stderr=err, fail_level="ERROR" if signed_cookies else "WARNING"
+    )
+    if signed_cookies:  # the one warning: app clients cannot sign in (tests/test_headless.py)
+        assert "token_rotation.W011" in err.getvalue()
+        assert "1 issue" in err.getvalue()
+    else:
+        assert "no issues" in out.getvalue()
 
 
 def test_setup_is_clean() -> None:
@@ -312,3 +321,28 @@ def test_an_unreachable_database_is_skipped(django_db_blocker: Any) -> None:
         extra_database("nowhere", ENGINE="django.db.backends.postgresql", **nowhere),
     ):
         assert checks.check_offline_access_database_apps(databases=["nowhere"]) == []
+
+
+def test_app_clients_with_signed_cookie_sessions_are_a_warning(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    [warning] = checks.check_headless_sessions()
+    assert warning.id == "token_rotation.W011"
+    assert "410" in warning.msg
+    assert warning.hint and "HEADLESS_CLIENTS" in warning.hint
+    settings.HEADLESS_CLIENTS = ("browser",)  # browser clients keep their cookie session
+    assert checks.check_headless_sessions() == []
+
+
+@pytest.mark.parametrize(
+    "engine",
+    ["django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cache"],
+)
+def test_app_clients_with_server_side_sessions_are_fine(settings: Any, engine: str) -> None:
+    settings.SESSION_ENGINE = engine
+    assert checks.check_headless_sessions() == []
+
+
+def test_signed_cookie_sessions_without_headless_are_fine(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "allauth.headless"]
+    assert checks.check_headless_sessions() == []

@@ -661,6 +661,7 @@ def test_a_subclass_answers_each_kind_of_request(
         assert response["HX-Location"] == "/accounts/fake/login/"
 
 
+@pytest.mark.usefixtures("app_sessions")
 def test_a_subclass_answers_app_clients(
     site_answers: None, user: Any, revoked: SocialToken
 ) -> None:
