@@ -64,9 +64,18 @@ ALIASES = [
 ]
 
 
-def seed(alias: str, *, provider: str, app: SocialApp | None, expires_in: int = -5) -> Any:
-    user = get_user_model().objects.db_manager(alias).create_user("racer", "r@example.com", "pw")
-    account = SocialAccount.objects.using(alias).create(user=user, provider=provider, uid="r1")
+def seed(
+    alias: str,
+    *,
+    provider: str,
+    app: SocialApp | None,
+    expires_in: int = -5,
+    username: str = "racer",
+) -> Any:
+    user = get_user_model().objects.db_manager(alias).create_user(username, "r@example.com", "pw")
+    account = SocialAccount.objects.using(alias).create(
+        user=user, provider=provider, uid=f"{username}-1"
+    )
     SocialToken.objects.using(alias).create(
         account=account,
         app=app,

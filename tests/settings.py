@@ -245,11 +245,17 @@ def _conn_max_age() -> None:
 
 
 def _psycopg_pool() -> None:
-    # Django's connection pool (psycopg_pool) on every PostgreSQL alias.
+    # Django's connection pool (psycopg_pool) on every PostgreSQL alias, sized as
+    # docs/databases.rst tells a site to: one connection per thread (the suite's
+    # workers run tests.helpers.THREADS = 8 threads a process) plus one for the
+    # refresh made inside a transaction, which writes on a second connection.
+    # With 8, eight threads holding their transactions left the refreshing one
+    # no connection: it waited on the pool, the others gave up after
+    # TOKEN_ROTATION_WAIT (refresh_in_progress).
     for db in DATABASES.values():
         if db["ENGINE"] == "django.db.backends.postgresql":
             options = cast("dict[str, object]", db.get("OPTIONS", {}))
-            db["OPTIONS"] = {**options, "pool": {"min_size": 1, "max_size": 8}}
+            db["OPTIONS"] = {**options, "pool": {"min_size": 1, "max_size": 8 + 1}}
 
 
 def _signed_cookie_sessions() -> None:

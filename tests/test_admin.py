@@ -482,7 +482,13 @@ def test_the_token_list_has_a_name_an_operator_finds(admin_client: Client) -> No
     assert "Social application tokens" not in body
 
 
-def test_renaming_allauths_model_makes_no_migration() -> None:
+def test_renaming_allauths_model_makes_no_migration(settings: Any) -> None:
+    # With a router (shape "replica") makemigrations also checks the applied
+    # migrations of every alias, the suite's explicit 'postgres' and 'mariadb'
+    # included, which this test may not touch: the question here is the
+    # autodetector's (models vs migration files), so ask it without the router;
+    # the history of 'default' is still checked.
+    settings.DATABASE_ROUTERS = []
     out = StringIO()
     call_command("makemigrations", "socialaccount", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()

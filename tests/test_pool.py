@@ -10,6 +10,7 @@ with ``SET LOCAL lock_timeout``, which ends with each transaction; a session
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,12 +61,14 @@ def test_a_pooled_connection_comes_back_clean(
     app = SocialApp.objects.using("postgres").create(
         provider="fake", name="F", client_id="c", secret="s"
     )
-    seed("postgres", provider="fake", app=app)
+    # A name of its own: "postgres_pool" mirrors "postgres", where rows other
+    # tests of the session seeded may still be (the default "racer" clashed).
+    user = seed("postgres", provider="fake", app=app, username=f"pool-{secrets.token_hex(4)}")
 
     # The caller's transaction holds one pooled connection; the refresh runs on
     # a helper thread, on the pool's other one.
     with transaction.atomic(using=POOL):
-        token = SocialToken.objects.using(POOL).select_related("account").get()
+        token = SocialToken.objects.using(POOL).select_related("account").get(account__user=user)
         assert access_token_for(token) == "new-access"
     connections[POOL].close()  # back to the pool
     assert len(scripted.token_requests) == 1

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_token_rotation import background, health
@@ -112,16 +113,24 @@ class Command(BaseCommand):
             )
 
     def _user(self, value: str) -> Any:
+        """The user named by --user: a username (natural key) or a primary key of any type."""
         User = get_user_model()
         try:
             return User._default_manager.get_by_natural_key(value)
         except User.DoesNotExist:
             pass
-        if value.isdigit():
-            found = User._default_manager.filter(pk=int(value)).first()
-            if found is not None:
-                return found
-        raise CommandError(f"No user {value!r}.", returncode=2)
+        try:
+            pk = User._meta.pk.to_python(value)
+        except ValidationError:
+            raise CommandError(
+                f"No user {value!r}: not a username, and not a valid primary key "
+                f"for {User._meta.label} ({User._meta.pk.get_internal_type()}).",
+                returncode=2,
+            ) from None
+        found = User._default_manager.filter(pk=pk).first()
+        if found is None:
+            raise CommandError(f"No user {value!r}.", returncode=2)
+        return found
 
     # -- output -------------------------------------------------------------
 
