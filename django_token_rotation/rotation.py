@@ -59,6 +59,10 @@ from .store import provider_key, state_of
 
 logger = logging.getLogger("django_token_rotation")
 
+#: Seconds a helper looks again at a token row another transaction holds before
+#: it concludes that the holder is its own caller's transaction.
+ROW_LOCK_PATIENCE = 0.5
+
 
 # --------------------------------------------------------------------------
 # Public entry points
@@ -430,10 +434,18 @@ class Refresh:
             if (token.token, token.token_secret, _version(now)) != seen:
                 states.release_lease(token.pk, lease_id)
                 return False
-            if not transactions.row_is_free(SocialToken, transactions.database(token), token.pk):
-                raise _in_transaction(
-                    token, "The token's row is locked by an open transaction; not refreshing now."
-                )
+            # The caller's own transaction holds the row until it ends; another
+            # worker's write holds it for milliseconds (on MariaDB the INSERT of a
+            # TokenState locks its token's row in share mode): look again briefly.
+            alias = transactions.database(token)
+            patience = time.monotonic() + min(app_settings.WAIT, ROW_LOCK_PATIENCE)
+            while not transactions.row_is_free(SocialToken, alias, token.pk):
+                if time.monotonic() >= patience:
+                    raise _in_transaction(
+                        token,
+                        "The token's row is locked by an open transaction; not refreshing now.",
+                    )
+                time.sleep(0.02)
         except BaseException:
             states.release_lease(token.pk, lease_id)
             raise
