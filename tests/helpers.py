@@ -273,3 +273,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_serving(process: subprocess.Popen[Any], url: str, name: str) -> None:
+    """Wait (30 s at most) until the server ``process`` answers ``url``/health/."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, f"{name} exited"
+        try:
+            if requests.get(f"{url}/health/", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{name} did not start"
+        time.sleep(0.1)

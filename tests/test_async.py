@@ -39,7 +39,7 @@ from django_token_rotation import (
     get_access_token,
 )
 from django_token_rotation.aio import MAX_THREADS
-from tests.helpers import ALIASES, ROOT, MakeToken, free_port, seed
+from tests.helpers import ALIASES, ROOT, MakeToken, free_port, seed, wait_until_serving
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 CALLERS = 64
@@ -236,16 +236,7 @@ def uvicorn(alias: str, token_url: str) -> Iterator[tuple[str, int]]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, "uvicorn exited"
-                try:
-                    if requests.get(f"{url}/health/", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.1)
+            wait_until_serving(process, url, "uvicorn")
             yield url, process.pid
         finally:
             process.terminate()

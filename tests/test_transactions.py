@@ -45,6 +45,7 @@ from tests.helpers import (
     seed,
     start_workers,
     userinfo,
+    wait_until_serving,
     worker_env,
 )
 from tests.scripted_server import Reply, ScriptedServer, tokens
@@ -85,16 +86,7 @@ def gunicorn(alias: str, *, workers: int = 2, threads: int = 4) -> Iterator[str]
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, "gunicorn exited"
-                try:
-                    if requests.get(f"{url}/health/", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
+            wait_until_serving(process, url, "gunicorn")
             yield url
         finally:
             process.terminate()
