@@ -3,8 +3,9 @@
 Run by the tests as ``python -m tests.concurrency_worker``; it sets Django up
 on the database the parent gives it (``TOKEN_ROTATION_TEST_WORKER_DB``), then
 starts ``--threads`` threads that all call ``get_access_token`` at the same
-instant (``--start-at``, a ``time.time()`` value) and prints one JSON line:
-the outcome of each call.
+instant (``--start-at``, a ``time.time()`` value, or with ``--wait-for-start``
+the one the parent sends once every worker is set up) and prints one JSON
+line: the outcome of each call.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def main() -> None:
     parser.add_argument("--provider", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument(
+        "--wait-for-start",
+        action="store_true",
+        help="print 'ready' once set up, then read the --start-at value from stdin",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -69,6 +75,11 @@ def main() -> None:
 
     user = get_user_model().objects.get(pk=args.user_id)
     connections.close_all()
+    if args.wait_for_start:
+        # The parent starts every worker's threads at one instant once all are set up.
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        args.start_at = float(sys.stdin.readline())
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
 

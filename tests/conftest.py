@@ -80,8 +80,72 @@ SHAPES_MODULES = {
 }
 
 
+#: The slowest tests (``--durations``; seconds on 3 workers, 2 cores, 2026-12-07), by
+#: ``module::name`` prefix, slowest first. Under xdist they are handed out first
+#: (``_slow_first``), so that none of them starts when the other workers are done.
+SLOW_FIRST = (
+    "test_client::test_the_transport_works_with_urllib3_1_26",  # ~100: pip + a nested run
+    "test_demo_browser::",  # ~55: the demo, and chromium
+    "test_demo::test_demo_signs_in",  # ~25: the demo's processes, real expiry
+    "test_user_project::",  # ~20 each: startproject, a site's own suite
+    "test_glewlwyd::test_burst_of_processes",  # ~18 each
+    "test_locale::test_the_wheel",  # ~19: builds the wheel
+    "test_first_contact::",  # ~10-17: startproject, migrate, runserver
+    "test_with_provider::test_racing_processes",  # ~12 each
+    "test_hostile_responses::test_any_json_answer",  # ~13
+    "test_pgbouncer::",  # ~10-13
+    "test_async::test_concurrent_async_requests_under_uvicorn",  # ~12
+    "test_glewlwyd::",  # ~9-15
+    "test_wakeup::test_a_waiter_in_another_process",  # ~11
+    "test_concurrency::",  # ~9-10 each
+    "test_transactions::",  # ~8-10 each
+    "test_deadline::test_race_",  # ~9 each
+    "test_refresh_tokens::test_exit_codes_of_the_real_command",  # ~10
+)
+
+
+def _database_use(item: pytest.Item) -> int:
+    """pytest-django's order (Django's): 0 database, 1 transactional, 2 none."""
+    marker = item.get_closest_marker("django_db")
+    fixtures = set(getattr(item, "fixturenames", ()))
+    transactional = bool(fixtures & {"transactional_db", "live_server"})
+    if marker is not None:
+        transactional = transactional or any(marker.args[:2])
+        transactional = transactional or bool(
+            marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")
+        )
+    if transactional:
+        return 1
+    return 0 if marker is not None or "db" in fixtures else 2
+
+
+def _slow_first(items: list[pytest.Item]) -> None:
+    """The known-slow tests first (``SLOW_FIRST``), without breaking Django's order:
+    a transactional test empties the tables (the migrations' rows too), so the
+    slow ones move to the front of their own part; only the slow tests that use no
+    database at all go to the very front. (xdist's loadgroup hands out the
+    ``xdist_group`` groups before these, the largest first.)"""
+
+    def rank(item: pytest.Item) -> int:
+        name = f"{item.path.stem}::{item.name}"
+        for position, prefix in enumerate(SLOW_FIRST):
+            if name.startswith(prefix):
+                return position
+        return len(SLOW_FIRST)
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        part, position = _database_use(item), rank(item)
+        if part == 2 and position < len(SLOW_FIRST):
+            part = -1
+        return part, position
+
+    items.sort(key=key)  # stable: pytest-django's order within each part
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _reading_from_the_replica(items)
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+        _slow_first(items)
     for item in items:
         for part, modules in SHAPES_MODULES.items():
             if item.path.stem in modules:

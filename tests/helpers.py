@@ -229,27 +229,66 @@ def start_workers(
     env: dict[str, str],
     start_at: float | None = None,
 ) -> list[subprocess.Popen[str]]:
-    if start_at is None:
-        start_at = time.time() + 3.0  # time for every process to import Django
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.concurrency_worker",
-                f"--user-id={user_id}",
-                f"--provider={provider}",
-                f"--threads={threads}",
-                f"--start-at={start_at}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
+    """``count`` worker processes whose threads all start at ``start_at`` (a
+    ``time.time()`` value); without one, at one instant just after every worker
+    has set Django up (``ready_workers``)."""
+    if start_at is not None:
+        return [
+            _worker(alias, user_id, provider, threads, env, f"--start-at={start_at}")
+            for _ in range(count)
+        ]
+    workers = ready_workers(
+        count, alias=alias, user_id=user_id, provider=provider, threads=threads, env=env
+    )
+    release(workers, time.time() + 0.2)
+    return workers
+
+
+def ready_workers(
+    count: int, *, alias: str, user_id: int, provider: str, threads: int, env: dict[str, str]
+) -> list[subprocess.Popen[str]]:
+    """``count`` worker processes, returned once each has set Django up (seconds
+    on a loaded machine); their threads wait for ``release``."""
+    workers = [
+        _worker(alias, user_id, provider, threads, env, "--wait-for-start") for _ in range(count)
     ]
+    for worker in workers:
+        assert worker.stdout is not None
+        worker.stdout.readline()  # "ready"; "" if it exited (collect() reports it)
+    return workers
+
+
+def release(workers: list[subprocess.Popen[str]], start_at: float) -> None:
+    """Start the threads of ``ready_workers`` at ``start_at`` (a ``time.time()`` value)."""
+    for worker in workers:
+        assert worker.stdin is not None
+        try:
+            worker.stdin.write(f"{start_at}\n")
+            worker.stdin.flush()
+        except BrokenPipeError:
+            pass  # it exited: collect() reports it
+
+
+def _worker(
+    alias: str, user_id: int, provider: str, threads: int, env: dict[str, str], start: str
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.concurrency_worker",
+            f"--user-id={user_id}",
+            f"--provider={provider}",
+            f"--threads={threads}",
+            start,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def collect(workers: list[subprocess.Popen[str]], timeout: float = 120) -> list[dict[str, Any]]:

@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+#: How often a test server's ``serve_forever`` looks for ``shutdown()`` (the
+#: default, 0.5 s, was up to half a second in the teardown of every test).
+SHUTDOWN_POLL = 0.02
+
 
 @dataclass
 class Reply:
@@ -152,7 +156,11 @@ class ScriptedServer:
             f"{scheme}://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         )
         self.token_url = f"{self.base_url}/token"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # serve_forever polls for shutdown() every poll_interval (0.5 s by default):
+        # every test that uses a server would wait up to that long in its teardown.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True
+        )
 
     # -- scripting -----------------------------------------------------------
 

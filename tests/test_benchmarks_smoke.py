@@ -17,7 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.timeout(240)
+# One worker runs the module (``--dist loadgroup``): the benchmark behind the
+# ``output`` fixture is the slowest thing in the suite, and each worker that got a
+# test of this module ran it again.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("benchmarks")]
 
 
 @pytest.fixture(scope="module")

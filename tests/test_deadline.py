@@ -24,9 +24,10 @@ from tests.helpers import (
     DATABASES,
     MakeToken,
     collect,
+    ready_workers,
+    release,
     seed,
     seed_fake_app,
-    start_workers,
     timed,
     worker_env,
 )
@@ -155,19 +156,12 @@ def race(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A and B as separate OS processes; their outcomes."""
     env = worker_env(alias, TOKEN_ROTATION_TEST_FAKE_TOKEN_URL=token_url, **RACE, **env)
-    first_at = time.time() + 6.0  # time for both to import Django
-    [first] = start_workers(
-        1, alias=alias, user_id=user_id, provider="fake", threads=1, env=env, start_at=first_at
+    first, second = ready_workers(
+        2, alias=alias, user_id=user_id, provider="fake", threads=1, env=env
     )
-    [second] = start_workers(
-        1,
-        alias=alias,
-        user_id=user_id,
-        provider="fake",
-        threads=1,
-        env=env,
-        start_at=first_at + 0.3,
-    )
+    first_at = time.time() + 0.2
+    release([first], first_at)
+    release([second], first_at + 0.3)
     [a] = collect([first])
     [b] = collect([second])
     return a, b

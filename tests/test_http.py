@@ -40,7 +40,7 @@ from django_token_rotation.http import (
 from django_token_rotation.models import TokenState
 from django_token_rotation.rotation import REFUSED_SOON_AFTER_REFRESH
 from tests.helpers import ALIASES, MakeToken, connect, seed
-from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
+from tests.scripted_server import SHUTDOWN_POLL, Reply, ScriptedServer, oauth_error, tokens
 from tests.test_async import DATABASES as UVICORN_DATABASES
 from tests.test_async import uvicorn
 
@@ -127,7 +127,9 @@ def api_server() -> Iterator[ApiServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     api.url = f"http://127.0.0.1:{httpd.server_address[1]}/resource"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True
+    )
     thread.start()
     try:
         yield api

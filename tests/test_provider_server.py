@@ -17,6 +17,10 @@ import requests
 
 from tests.provider_server.fixture import ProviderError, ProviderHandle, start_provider
 
+# One worker runs the module (``--dist loadgroup``): the provider process below
+# starts once, not on every worker that got one of these tests.
+pytestmark = pytest.mark.xdist_group("provider_server")
+
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderHandle]:
