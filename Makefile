@@ -28,8 +28,9 @@ $(VENV)/.demo-installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	touch $@
 
-# The suite on TEST_WORKERS processes (pytest-xdist; loadgroup keeps the modules
-# tests/conftest.py names on one worker); TEST_WORKERS=0 runs it in this process.
+# The suite on TEST_WORKERS processes (pytest-xdist; loadgroup keeps the tests of an
+# xdist_group mark on one worker, and tests/conftest.py hands the slowest out first);
+# TEST_WORKERS=0 runs it in this process.
 # One file: .venv/bin/python -m pytest tests/test_client.py
 TEST_WORKERS ?= 3
 test: $(VENV)/.test-installed

@@ -142,10 +142,31 @@ def _slow_first(items: list[pytest.Item]) -> None:
     items.sort(key=key)  # stable: pytest-django's order within each part
 
 
+def _xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """What pytest-xdist's own hook does for ``--dist loadgroup``: the ``xdist_group``
+    names as a ``@group`` suffix of the node id, which is how the scheduler groups.
+    xdist 3.8 writes ``item._nodeid``, which pytest 9.2 no longer reads (its node ids
+    are structured, ``item._id``), so every group was silently ignored
+    (pytest-dev/pytest-xdist#1386). Nothing to do where xdist's suffix took effect."""
+    if not config.getvalue("loadgroup"):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-django's order and xdist's hook
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _reading_from_the_replica(items)
     if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
         _slow_first(items)
+        _xdist_groups(config, items)
     for item in items:
         for part, modules in SHAPES_MODULES.items():
             if item.path.stem in modules:
