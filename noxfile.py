@@ -29,6 +29,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -68,10 +69,7 @@ PYTEST = ["python", "-m", "pytest", "-p", "no:cacheprovider", *WORKERS]
 WHOLE_SUITE_SHAPES = {"usetz_false"}
 # Shapes run only when named (`nox -s shapes -- cached_db_sessions postgres_site`):
 # CI's 40 minutes on two cores hold the shapes a site chooses between, one at a time.
-# default_mariadb: 4 tests of the subset still assume another default database
-# (query counts, failure injections):
-# run it by name until they are fixed.
-ON_REQUEST_SHAPES = {"cached_db_sessions", "default_mariadb"}
+ON_REQUEST_SHAPES = {"cached_db_sessions"}
 # The parts of the shapes subset (tests/conftest.py SHAPES_MODULES) each shape can
 # change; a shape not named here (a new one) runs the whole subset.
 SHAPE_MARKS = {
@@ -81,8 +79,14 @@ SHAPE_MARKS = {
     "custom_user": "shapes_web or shapes_engine",
     "atomic_requests": "shapes_web or shapes_db",
     "conn_max_age": "shapes_engine or shapes_db",
+    # The tests run once per database alias are marked on_<alias> (tests/conftest.py
+    # ALIAS_MARKS); a shape that changes some aliases only leaves the runs on the others
+    # out: those run unchanged in the whole suite and in the replica shape.
     # The pool is on the PostgreSQL aliases: the engine's tests run on SQLite.
-    "psycopg_pool": "shapes_db",
+    "psycopg_pool": "shapes_db and not (on_default or on_mariadb)",
+    # Only "default" changes: its runs, not those on the other aliases.
+    "default_postgres": "shapes and not (on_postgres or on_postgres_rr or on_mariadb)",
+    "default_mariadb": "shapes and not (on_postgres or on_postgres_rr or on_mariadb)",
 }
 # Shapes together, as a PostgreSQL site in production has them.
 COMBINED_SHAPES = {
@@ -140,6 +144,7 @@ def shapes(session: nox.Session) -> None:
             junit = Path(folder) / f"{name}.xml"
             session.log(f"shape {name}: TOKEN_ROTATION_TEST_SHAPES={value}")
             marks = SHAPE_MARKS.get(name, "shapes")
+            started = time.monotonic()
             session.run(
                 *PYTEST,
                 "-m",
@@ -152,9 +157,13 @@ def shapes(session: nox.Session) -> None:
             results[name] = (
                 _counts(junit) if junit.exists() else {"passed": 0, "failed": 1, "skipped": 0}
             )
-    session.log("shape                      passed  failed  skipped")
+            results[name]["seconds"] = round(time.monotonic() - started)
+    session.log("shape                      passed  failed  skipped  seconds")
     for name, count in results.items():
-        session.log(f"{name:<26} {count['passed']:>6} {count['failed']:>7} {count['skipped']:>8}")
+        session.log(
+            f"{name:<26} {count['passed']:>6} {count['failed']:>7} {count['skipped']:>8}"
+            f" {count['seconds']:>8}"
+        )
     failed = [name for name, count in results.items() if count["failed"]]
     if failed:
         session.error(f"failures in the shapes: {', '.join(failed)}")
