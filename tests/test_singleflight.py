@@ -177,31 +177,6 @@ def _blocked_on_the_process_lock(thread: threading.Thread) -> bool:
     return False
 
 
-def test_the_engine_wakes_its_own_process_only(
-    fake_app: SocialApp,
-    make_token: MakeToken,
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Waiters in other processes poll: the engine neither listens nor sends
-    ``NOTIFY`` (docs/performance.rst: no measurable gain for a connection per
-    process), whether or not the holder's token had expired."""
-    told: list[bool] = []
-    listened: list[Any] = []
-    real = wakeup.notify
-
-    def notify(token: Any, *, processes: bool = True) -> None:
-        told.append(processes)
-        real(token, processes=processes)
-
-    monkeypatch.setattr(wakeup, "notify", notify)
-    monkeypatch.setattr(wakeup, "listen", listened.append)
-    rotation.refresh(make_token(expires_in=30))  # due (leeway 60 s), not expired
-    rotation.refresh(make_token(expires_in=-5))
-    assert told == [False, False]
-    assert listened == []
-
-
 def test_a_refresh_that_sends_nothing_leaves_no_in_flight_mark(
     make_token: MakeToken, scripted: ScriptedServer
 ) -> None:
