@@ -80,6 +80,18 @@ SHAPES_MODULES = {
 }
 
 
+#: A test run once per database alias (its ``alias`` parameter, tests.helpers.DATABASES)
+#: is marked with the alias of each run: a shape that changes some aliases only
+#: leaves the runs on the others out (``pytest -m "shapes and not on_mariadb"``,
+#: noxfile.SHAPE_MARKS).
+ALIAS_MARKS = {
+    "default": "on_default",
+    "postgres": "on_postgres",
+    "postgres_rr": "on_postgres_rr",
+    "mariadb": "on_mariadb",
+}
+
+
 #: The slowest tests (``--durations``; seconds on 3 workers, 2 cores, 2026-12-07), by
 #: ``module::name`` prefix, slowest first. Under xdist they are handed out first
 #: (``_slow_first``), so that none of them starts when the other workers are done.
@@ -172,6 +184,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if item.path.stem in modules:
                 item.add_marker(pytest.mark.shapes)
                 item.add_marker(getattr(pytest.mark, part))
+        callspec = getattr(item, "callspec", None)
+        alias = callspec.params.get("alias") if callspec is not None else None
+        if isinstance(alias, str) and alias in ALIAS_MARKS:
+            item.add_marker(getattr(pytest.mark, ALIAS_MARKS[alias]))
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:
