@@ -23,7 +23,7 @@ from django_token_rotation import background
 from django_token_rotation import history as history_module
 from django_token_rotation.exceptions import TokenRefreshUnavailable
 from django_token_rotation.models import RefreshEvent, TokenState
-from tests.helpers import TOKENS, MakeToken, seed_many, stored
+from tests.helpers import TOKENS, MakeToken, seed_many, stored, table
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
@@ -172,9 +172,9 @@ def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
     assert report.refreshed == TOKENS
     statements = [q["sql"] for q in queries.captured_queries]
     pages = [sql for sql in statements if sql.startswith("SELECT") and "ORDER BY" in sql]
-    apps = [sql for sql in statements if 'FROM "socialaccount_socialapp"' in sql]
+    apps = [sql for sql in statements if f"FROM {table('socialaccount_socialapp')}" in sql]
     transaction_control = [sql for sql in statements if sql.split()[0] in ("BEGIN", "COMMIT")]
-    history = [sql for sql in statements if 'INTO "token_rotation_refreshevent"' in sql]
+    history = [sql for sql in statements if f"INTO {table('token_rotation_refreshevent')}" in sql]
     per_refresh = (len(statements) - len(pages) - len(apps)) / TOKENS
     print(
         f"\n{per_refresh:.2f} queries per refresh, of which transaction control "

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django_token_rotation import rotation, singleflight, wakeup
 from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
-from tests.helpers import MakeToken
+from tests.helpers import MakeToken, table
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 #: Far longer than any of these tests: a waiter back before it was woken.
@@ -207,7 +207,7 @@ def test_the_token_is_kept_when_its_bookkeeping_cannot_be_written(
     claimed: list[str] = []
 
     def failing_state_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-        if sql.startswith('UPDATE "token_rotation_tokenstate"'):
+        if sql.startswith(f"UPDATE {table('token_rotation_tokenstate')}"):
             # The claim and the in-flight mark go through; what follows fails.
             if len(claimed) == 2:
                 raise OperationalError("disk I/O error (injected)")
