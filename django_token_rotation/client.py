@@ -16,17 +16,20 @@ import email.utils
 import ipaddress
 import json
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import requests.adapters
+import requests.auth
+import requests.utils
 import urllib3
 import urllib3.connection
 import urllib3.util.connection
@@ -282,7 +285,35 @@ def _session() -> tuple[requests.Session, Any]:
     session = getattr(_keep_alive, "session", None)
     if session is None:
         session = _keep_alive.session = get_adapter().get_requests_session()
+        _keep_alive.environment = {} if session.trust_env else None
+        # What requests would read from the environment on every request is
+        # read once per URL instead (_environment).
+        session.trust_env = False
     return session, nullcontext(session)
+
+
+class _Environment(NamedTuple):
+    proxies: dict[str, str]
+    verify: str | None
+    netrc: tuple[str, str] | None
+
+
+def _environment(session: requests.Session, url: str) -> _Environment | None:
+    """For a kept session that trusted the environment: what requests reads
+    from it for ``url`` on every request (the proxy variables, the CA bundle
+    variables, ``~/.netrc``), read on its first request to ``url``. It scans
+    the whole environment twice per request: about a millisecond of CPU."""
+    cache: dict[str, _Environment] | None = getattr(_keep_alive, "environment", None)
+    if cache is None or session is not getattr(_keep_alive, "session", None):
+        return None
+    found = cache.get(url)
+    if found is None:
+        found = cache[url] = _Environment(
+            proxies=requests.utils.get_environ_proxies(url, no_proxy=None),
+            verify=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+            netrc=requests.utils.get_netrc_auth(url),
+        )
+    return found
 
 
 # Hides every local variable from Django's error reports (DEBUG pages, mails).
@@ -311,6 +342,14 @@ def _send(
         )
     guard, watched = wire.guard(ends, before_send)
     session, scope = _session()
+    environment = _environment(session, endpoint.url)
+    proxies: dict[str, str] | None = None
+    verify: str | None = None
+    if environment is not None:
+        # As requests would have merged them with trust_env (see _environment).
+        proxies, verify = dict(environment.proxies), environment.verify
+        if auth is None and session.auth is None and environment.netrc is not None:
+            auth = requests.auth.HTTPBasicAuth(*environment.netrc)
     try:
         with scope:
             wire.arm(session)
@@ -325,6 +364,8 @@ def _send(
                 timeout=(left, left),
                 allow_redirects=False,
                 stream=True,
+                proxies=proxies,
+                verify=verify,
             )
             with response:
                 body = _read_capped(response, limit=limit)

@@ -20,6 +20,8 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 
+from .statements import Param, Statement
+
 #: What "no recorded failure" looks like: set by a success, a new sign-in and
 #: the admin's "clear error".
 NO_FAILURE: dict[str, Any] = {
@@ -45,11 +47,92 @@ def fingerprint(secret: str) -> str:
     ]
 
 
-def _db_now_plus(seconds: float) -> ExpressionWrapper[Any]:
-    """The database's current time plus ``seconds``, as an SQL expression."""
+def _param(name: str, field: type[models.Field[Any, Any]]) -> Param:
+    return Param(name, field())
+
+
+def _db_now_plus(name: str) -> ExpressionWrapper[Any]:
+    """The database's current time plus the ``timedelta`` bound to ``name``, as SQL."""
     return ExpressionWrapper(
-        Now() + Value(datetime.timedelta(seconds=seconds)), output_field=models.DateTimeField()
+        Now() + _param(name, models.DurationField), output_field=models.DateTimeField()
     )
+
+
+_LEASE_FREE = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now())
+
+# The state changes of every refresh, compiled once per database (see
+# .statements); the methods below document them.
+_CLAIM_LEASE = Statement(
+    lambda rows: (
+        rows.filter(_LEASE_FREE, pk=_param("token_id", models.BigIntegerField)),
+        {
+            "lease_id": _param("lease_id", models.CharField),
+            "lease_expires_at": _db_now_plus("seconds"),
+        },
+    )
+)
+_CLAIM_AS_READ = Statement(
+    lambda rows: (
+        rows.filter(
+            _LEASE_FREE,
+            Exists(
+                SocialToken.objects.filter(
+                    pk=OuterRef("token_id"),
+                    token=_param("access", models.TextField),
+                    token_secret=_param("refresh", models.TextField),
+                )
+            ),
+            pk=_param("token_id", models.BigIntegerField),
+            refresh_count=_param("refresh_count", models.BigIntegerField),
+            consecutive_failures=_param("consecutive_failures", models.BigIntegerField),
+            inflight_fingerprint=_param("inflight_fingerprint", models.CharField),
+        ),
+        {
+            "lease_id": _param("lease_id", models.CharField),
+            "lease_expires_at": _db_now_plus("seconds"),
+        },
+    )
+)
+_RELEASE_LEASE = Statement(
+    lambda rows: (
+        rows.filter(
+            pk=_param("token_id", models.BigIntegerField),
+            lease_id=_param("lease_id", models.CharField),
+        ),
+        {"lease_id": "", "lease_expires_at": None},
+    )
+)
+_MARK_IN_FLIGHT = Statement(
+    lambda rows: (
+        rows.filter(
+            lease_expires_at__gt=Now(),
+            pk=_param("token_id", models.BigIntegerField),
+            lease_id=_param("lease_id", models.CharField),
+        ),
+        {
+            "inflight_fingerprint": _param("fingerprint", models.CharField),
+            "inflight_since": Now(),
+            "lease_expires_at": _db_now_plus("seconds"),
+        },
+    )
+)
+_OURS = Q(lease_id=_param("lease_id", models.CharField))
+_RECORD_SUCCESS = Statement(
+    lambda rows: (
+        rows.filter(pk=_param("token_id", models.BigIntegerField)),
+        {
+            **NO_FAILURE,
+            "last_refreshed_at": _param("at", models.DateTimeField),
+            "last_attempt_at": _param("at", models.DateTimeField),
+            "refresh_expires_at": _param("refresh_expires_at", models.DateTimeField),
+            "refresh_count": F("refresh_count") + 1,
+            # In this order: MySQL/MariaDB evaluate SET assignments left to right,
+            # each seeing the ones before it; ``lease_id`` must still be ours here.
+            "lease_expires_at": Case(When(_OURS, then=Value(None)), default=F("lease_expires_at")),
+            "lease_id": Case(When(_OURS, then=Value("")), default=F("lease_id")),
+        },
+    )
+)
 
 
 class TokenStateQuerySet(models.QuerySet["TokenState"]):
@@ -69,12 +152,8 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
     def claim_lease(self, token_id: Any, lease_id: str, seconds: float) -> bool:
         """Take the lease if it is free or expired (a compare-and-swap). Lease
         times are the database's clock, the same for every host."""
-        claimed = (
-            self._of(token_id)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now()))
-            .update(lease_id=lease_id, lease_expires_at=_db_now_plus(seconds))
-        )
-        return bool(claimed)
+        lease = datetime.timedelta(seconds=seconds)
+        return bool(_CLAIM_LEASE.run(self, token_id=token_id, lease_id=lease_id, seconds=lease))
 
     def claim_as_read(
         self,
@@ -98,26 +177,22 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
         which changes the token and this row, makes them fail), and the token's
         own values are checked in the same statement.
         """
-        claimed = (
-            self._of(token_id)
-            .filter(
-                Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=Now()),
-                Exists(
-                    SocialToken.objects.filter(
-                        pk=OuterRef("token_id"), token=access, token_secret=refresh
-                    )
-                ),
-                refresh_count=seen.refresh_count,
-                consecutive_failures=seen.consecutive_failures,
-                inflight_fingerprint=seen.inflight_fingerprint,
-            )
-            .update(lease_id=lease_id, lease_expires_at=_db_now_plus(seconds))
+        claimed = _CLAIM_AS_READ.run(
+            self,
+            token_id=token_id,
+            lease_id=lease_id,
+            seconds=datetime.timedelta(seconds=seconds),
+            access=access,
+            refresh=refresh,
+            refresh_count=seen.refresh_count,
+            consecutive_failures=seen.consecutive_failures,
+            inflight_fingerprint=seen.inflight_fingerprint,
         )
         return bool(claimed)
 
     def release_lease(self, token_id: Any, lease_id: str) -> None:
         """Give the lease back, if it is still ours."""
-        self._of(token_id).filter(lease_id=lease_id).update(lease_id="", lease_expires_at=None)
+        _RELEASE_LEASE.run(self, token_id=token_id, lease_id=lease_id)
 
     # -- the outcome of one refresh ---------------------------------------------
 
@@ -128,14 +203,12 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
         and renew the lease for ``lease_seconds`` from now (database clock) - only
         if the lease is still ours and unexpired. ``False``: it is not, and the
         refresh token must not be sent."""
-        renewed = (
-            self._of(token_id)
-            .filter(lease_id=lease_id, lease_expires_at__gt=Now())
-            .update(
-                inflight_fingerprint=sent_fingerprint,
-                inflight_since=Now(),
-                lease_expires_at=_db_now_plus(lease_seconds),
-            )
+        renewed = _MARK_IN_FLIGHT.run(
+            self,
+            token_id=token_id,
+            lease_id=lease_id,
+            fingerprint=sent_fingerprint,
+            seconds=datetime.timedelta(seconds=lease_seconds),
         )
         return bool(renewed)
 
@@ -156,14 +229,8 @@ class TokenStateQuerySet(models.QuerySet["TokenState"]):
             "last_attempt_at": at,
             "refresh_expires_at": refresh_expires_at,
         }
-        ours = Q(lease_id=lease_id)
-        self._of(token_id).update(
-            **values,
-            refresh_count=F("refresh_count") + 1,
-            # In this order: MySQL/MariaDB evaluate SET assignments left to right,
-            # each seeing the ones before it; ``lease_id`` must still be ours here.
-            lease_expires_at=Case(When(ours, then=Value(None)), default=F("lease_expires_at")),
-            lease_id=Case(When(ours, then=Value("")), default=F("lease_id")),
+        _RECORD_SUCCESS.run(
+            self, token_id=token_id, lease_id=lease_id, at=at, refresh_expires_at=refresh_expires_at
         )
         return values
 

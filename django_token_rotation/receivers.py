@@ -11,13 +11,11 @@ from allauth.socialaccount.signals import (
     social_account_updated,
 )
 from django.contrib.auth.signals import user_logged_in
-from django.db.backends.base.base import NO_DB_ALIAS
-from django.db.backends.signals import connection_created
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from . import session, transactions, wakeup
+from . import session, transactions
 from .models import TokenState
 
 
@@ -41,12 +39,3 @@ def token_saved(sender: Any, instance: SocialToken, created: bool, **kwargs: Any
     TokenState.objects.using(transactions.database(instance)).filter(
         token_id=instance.pk
     ).clear_failure()
-
-
-@receiver(connection_created, dispatch_uid="token_rotation.close_before_test_databases")
-def close_before_test_databases(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """Django opens its "no database" connection to create or drop a (test)
-    database: close ours first (the wake-up listener), so that no connection of
-    ours keeps a test database from being dropped. They reopen when needed."""
-    if connection.alias == NO_DB_ALIAS:
-        wakeup.stop()

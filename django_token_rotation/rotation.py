@@ -316,7 +316,7 @@ class Refresh:
                     self.release()
                 # This process's waiters at once; other processes poll
                 # (docs/performance.rst: LISTEN/NOTIFY did not earn its connection).
-                wakeup.notify(token, processes=False)
+                wakeup.notify(token)
         return token
 
     # -- 1. claim ------------------------------------------------------------

@@ -10,8 +10,8 @@ The protocol itself (claim the lease, send, store, release) is
 2. A caller that finds another worker holding the token's lease waits for a
    change (:func:`wait_for_change`): woken at once by a winner in its own
    process (:mod:`.wakeup`), re-reading every :data:`POLL_FIRST` to
-   :data:`POLL_MAX` seconds otherwise (a winner in another process), never
-   longer than ``TOKEN_ROTATION_WAIT``.
+   :data:`POLL_MAX` seconds otherwise (a winner in another process or on
+   another host), never longer than ``TOKEN_ROTATION_WAIT``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,14 @@ from contextlib import nullcontext
 from typing import Any
 
 from allauth.socialaccount.models import SocialToken
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connections,
+    models,
+    transaction,
+)
 from django.db.models import F, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
@@ -25,6 +32,7 @@ from . import client, expiry, signals, transactions
 from .answers import CONFIRMED, UNCONFIRMED, Outcome, Verdict, interpret, judge_error
 from .exceptions import ReauthenticationRequired, TokenRefreshUnavailable, TokenRotationError
 from .models import RefreshEvent, TokenState, TokenStateQuerySet, fingerprint
+from .statements import Param, Statement
 
 logger = logging.getLogger("django_token_rotation")
 
@@ -154,6 +162,22 @@ def store_answer(
     return _write_tokens(token, outcome, sent, lease_id=lease_id, elapsed=elapsed)
 
 
+#: The new tokens, written only where the refresh token sent is still stored.
+_WRITE_TOKENS = Statement(
+    lambda rows: (
+        rows.filter(
+            pk=Param("token_id", models.BigIntegerField()),
+            token_secret=Param("sent", models.TextField()),
+        ),
+        {
+            "token": Param("token", models.TextField()),
+            "token_secret": Param("token_secret", models.TextField()),
+            "expires_at": Param("expires_at", models.DateTimeField()),
+        },
+    )
+)
+
+
 @sensitive_variables()
 def _write_tokens(
     token: SocialToken, outcome: Outcome, sent: str, *, lease_id: str, elapsed: float
@@ -177,10 +201,8 @@ def _write_tokens(
         # not be lost, and the lease (released only by the bookkeeping) keeps
         # everyone else away until both are written.
         with transaction.atomic(using=token._state.db) if in_block else nullcontext():
-            written = (
-                SocialToken.objects.using(token._state.db)
-                .filter(pk=token.pk, token_secret=sent)
-                .update(**values)
+            written = _WRITE_TOKENS.run(
+                SocialToken.objects.using(token._state.db), token_id=token.pk, sent=sent, **values
             )
             if written:
                 recorded = states(token).record_success(

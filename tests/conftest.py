@@ -80,6 +80,18 @@ SHAPES_MODULES = {
 }
 
 
+#: A test run once per database alias (its ``alias`` parameter, tests.helpers.DATABASES)
+#: is marked with the alias of each run: a shape that changes some aliases only
+#: leaves the runs on the others out (``pytest -m "shapes and not on_mariadb"``,
+#: noxfile.SHAPE_MARKS).
+ALIAS_MARKS = {
+    "default": "on_default",
+    "postgres": "on_postgres",
+    "postgres_rr": "on_postgres_rr",
+    "mariadb": "on_mariadb",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _reading_from_the_replica(items)
     for item in items:
@@ -87,6 +99,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if item.path.stem in modules:
                 item.add_marker(pytest.mark.shapes)
                 item.add_marker(getattr(pytest.mark, part))
+        callspec = getattr(item, "callspec", None)
+        alias = callspec.params.get("alias") if callspec is not None else None
+        if isinstance(alias, str) and alias in ALIAS_MARKS:
+            item.add_marker(getattr(pytest.mark, ALIAS_MARKS[alias]))
     for marker, reason in _unavailable_servers().items():
         wanted = [item for item in items if item.get_closest_marker(marker)]
         if not wanted:

@@ -50,8 +50,17 @@ MakeToken = Callable[..., SocialToken]
 
 # -- databases --------------------------------------------------------------------
 
+#: What "default" is: a SQLite file, or the server a shape makes it (TOKEN_ROTATION_TEST_SHAPES).
+_DEFAULT_ID = {
+    "sqlite3": "sqlite-file",
+    "postgresql": "default-postgresql",
+    "mysql": "default-mariadb",
+}
 DATABASES = [
-    pytest.param("default", id="sqlite-file"),
+    pytest.param(
+        "default",
+        id=_DEFAULT_ID.get(str(settings.DATABASES["default"]["ENGINE"]).split(".")[-1], "default"),
+    ),
     pytest.param("postgres", id="postgresql", marks=pytest.mark.postgres),
     pytest.param("postgres_rr", id="postgresql-repeatable-read", marks=pytest.mark.postgres),
     pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
@@ -150,11 +159,21 @@ def timed(alias: str) -> tuple[float, str]:
     return time.monotonic() - started, outcome
 
 
-def failing_token_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+def table(name: str, alias: str = "default") -> str:
+    """A table's name as ``alias``'s SQL writes it: in double quotes on SQLite and
+    PostgreSQL, in backquotes on MariaDB. Tests that pick statements by their
+    text match this, so they pick the same ones on every database."""
+    return str(connections[alias].ops.quote_name(name))
+
+
+def failing_token_writes(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
     """A database execute wrapper under which every write of a SocialToken fails."""
-    if sql.startswith('UPDATE "socialaccount_socialtoken"'):
+    quoted = context["connection"].ops.quote_name(SocialToken._meta.db_table)
+    if sql.startswith(f"UPDATE {quoted}"):
         raise OperationalError("disk I/O error (injected)")
-    return execute(sql, *args)
+    return execute(sql, params, many, context)
 
 
 # -- the real provider (django-oauth-toolkit, the ``provider`` fixture) ----------------

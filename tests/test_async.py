@@ -253,14 +253,12 @@ def uvicorn(alias: str, token_url: str) -> Iterator[tuple[str, int]]:
 
 
 def server_connections(alias: str, pid: int) -> int:
-    """Open database connections of the uvicorn process, but the one listening
-    connection :mod:`django_token_rotation.wakeup` keeps per process on PostgreSQL."""
+    """Open database connections of the uvicorn process."""
     if connections[alias].vendor == "sqlite":
         return open_files(pid, str(connections[alias].settings_dict["NAME"]))
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-            "AND query NOT ILIKE 'LISTEN %%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
             [APPLICATION_NAME],
         )
         return int(cursor.fetchone()[0])

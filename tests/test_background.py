@@ -3,6 +3,7 @@ tasks - its report, idle refresh tokens, threads and forked processes."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing
 import os
@@ -20,8 +21,9 @@ from django.utils import timezone
 
 from django_token_rotation import background
 from django_token_rotation import history as history_module
+from django_token_rotation.exceptions import TokenRefreshUnavailable
 from django_token_rotation.models import RefreshEvent, TokenState
-from tests.helpers import TOKENS, MakeToken, seed_many, stored
+from tests.helpers import TOKENS, MakeToken, seed_many, stored, table
 from tests.scripted_server import Reply, ScriptedServer, oauth_error, tokens
 
 pytestmark = pytest.mark.usefixtures("hidden_secrets")
@@ -197,9 +199,9 @@ def test_queries_per_refresh(scripted: ScriptedServer, settings: Any) -> None:
     assert report.refreshed == TOKENS
     statements = [q["sql"] for q in queries.captured_queries]
     pages = [sql for sql in statements if sql.startswith("SELECT") and "ORDER BY" in sql]
-    apps = [sql for sql in statements if 'FROM "socialaccount_socialapp"' in sql]
+    apps = [sql for sql in statements if f"FROM {table('socialaccount_socialapp')}" in sql]
     transaction_control = [sql for sql in statements if sql.split()[0] in ("BEGIN", "COMMIT")]
-    history = [sql for sql in statements if 'INTO "token_rotation_refreshevent"' in sql]
+    history = [sql for sql in statements if f"INTO {table('token_rotation_refreshevent')}" in sql]
     per_refresh = (len(statements) - len(pages) - len(apps)) / TOKENS
     print(
         f"\n{per_refresh:.2f} queries per refresh, of which transaction control "
@@ -339,3 +341,32 @@ def test_a_refresh_process_killed_mid_run_fails_the_run(
         runner.join(timeout=60)
     assert failure == ["refresh process(es) died: refresh-tokens-0"]
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["web request", "kept session"])
+def test_the_proxy_environment_applies_to_kept_sessions_too(
+    kept: bool, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept session reads the proxy variables once per URL instead of on every
+    request (client._environment): they still apply. A proxy on a port where
+    nothing listens makes the call fail; excluded by ``no_proxy``, it succeeds."""
+    from django_token_rotation import client
+
+    endpoint = client.TokenEndpoint(
+        url=scripted.token_url, client_id="c", client_secret="s", provider="fake"
+    )
+    scripted.script(Reply(200, tokens().body), Reply(200, tokens().body))
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing answers
+    for excluded in ("example.invalid", "127.0.0.1"):
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, excluded)
+        with client.keep_alive() if kept else contextlib.nullcontext():
+            try:
+                client.refresh_token_grant(endpoint, "old-refresh")
+            except TokenRefreshUnavailable as exc:
+                outcome = exc.code
+            else:
+                outcome = "answered"
+        assert outcome == ("connection_error" if excluded == "example.invalid" else "answered")
+    assert len(scripted.token_requests) == 1

@@ -29,7 +29,7 @@ from django.utils import timezone
 from django_token_rotation import session as token_session
 from django_token_rotation.conf import app_settings
 from django_token_rotation.middleware import TokenRefreshMiddleware
-from tests.helpers import MakeToken
+from tests.helpers import MakeToken, table
 from tests.scripted_server import ScriptedServer, oauth_error
 from tests.test_middleware import clock as clock  # noqa: F401 (the fixture)
 from tests.test_middleware import sign_in_again_on
@@ -201,7 +201,7 @@ def test_app_client_fresh_path_costs_only_the_session_read(
     assert statements(without_middleware) == []
     ours = statements(with_middleware)
     assert len(ours) == SESSION_READS[django_settings.SESSION_ENGINE], ours
-    assert all('FROM "django_session"' in sql for sql in ours), ours
+    assert all(f"FROM {table('django_session')}" in sql for sql in ours), ours
 
 
 def test_app_client_fresh_path_makes_no_query_with_cache_sessions(

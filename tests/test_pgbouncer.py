@@ -6,24 +6,21 @@ the same test database as ``postgres``, through the proxy. Each statement or
 transaction may run on another server connection, so nothing may rely on
 session state: the single-flight across processes, the ATOMIC_REQUESTS
 rollbacks and the helper connection that must not wait on the caller's row
-lock are run through it. ``LISTEN`` cannot work there: the listener detects it
-with a probe, says so in one log line, and waiters poll.
+lock are run through it.
 """
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from allauth.socialaccount.models import SocialApp, SocialToken
+from allauth.socialaccount.models import SocialApp
 from django.conf import settings as django_settings
 from django.db import connections
 
-from django_token_rotation import wakeup
 from django_token_rotation.models import TokenState
 from tests import test_transactions as through
 from tests.helpers import (
@@ -41,13 +38,6 @@ BOUNCER = "pgbouncer"
 DATABASES = [*ALIASES, BOUNCER]
 
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.usefixtures("hidden_secrets")]
-
-
-@pytest.fixture(autouse=True)
-def no_listeners() -> Any:
-    wakeup._reset()
-    yield
-    wakeup._reset()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,31 +61,6 @@ def server_connections_dropped() -> Iterator[None]:
             capture_output=True,
             timeout=30,
         )
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.django_db(transaction=True, databases=DATABASES)
-def test_wake_ups_through_pgbouncer_fall_back_to_polling_with_one_log_line(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.WARNING, logger="django_token_rotation")
-    assert wakeup._wait_until_listening("postgres", timeout=10)  # direct: wake-ups work
-    assert not wakeup._wait_until_listening(BOUNCER, timeout=wakeup.PROBE_TIMEOUT + 5)
-    listener = wakeup._listeners[BOUNCER]
-    assert listener is not None
-    listener.join(timeout=10)
-    assert not listener.is_alive()  # given up for good, not retrying
-    assert not wakeup.listening(BOUNCER)
-    lines = [
-        r.getMessage()
-        for r in caplog.records
-        if "wake-ups" in r.getMessage() and f"{BOUNCER!r}" in r.getMessage()
-    ]
-    assert len(lines) == 1 and "transaction-pooling proxy such as pgbouncer" in lines[0], lines
-    # A waiter polls: it returns at its timeout, it does not hang.
-    token = SocialToken(pk=1)
-    token._state.db = BOUNCER
-    assert wakeup.wait(token, wakeup.version(token), 0.05) is False
 
 
 @pytest.mark.timeout(180)

@@ -19,7 +19,6 @@ from allauth.socialaccount.models import SocialApp, SocialToken
 from django.conf import settings as django_settings
 from django.db import connections, transaction
 
-from django_token_rotation import wakeup
 from django_token_rotation.rotation import access_token_for
 from tests.helpers import ALIASES, seed
 from tests.scripted_server import ScriptedServer
@@ -40,7 +39,6 @@ def pool() -> Iterator[Any]:
     """The pool of two connections behind ``postgres_pool``, closed afterwards (else
     its connections would keep the test database from being dropped)."""
     yield connections[POOL]
-    wakeup._reset()  # the wake-up listener a refresh started on this alias
     connections[POOL].close()
     connections[POOL].close_pool()  # type: ignore[attr-defined]
 

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django_token_rotation import rotation, singleflight, wakeup
 from django_token_rotation.exceptions import ReauthenticationRequired, TokenRefreshUnavailable
 from django_token_rotation.models import TokenState
-from tests.helpers import MakeToken
+from tests.helpers import MakeToken, table
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
 #: Far longer than any of these tests: a waiter back before it was woken.
@@ -177,31 +177,6 @@ def _blocked_on_the_process_lock(thread: threading.Thread) -> bool:
     return False
 
 
-def test_the_engine_wakes_its_own_process_only(
-    fake_app: SocialApp,
-    make_token: MakeToken,
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Waiters in other processes poll: the engine neither listens nor sends
-    ``NOTIFY`` (docs/performance.rst: no measurable gain for a connection per
-    process), whether or not the holder's token had expired."""
-    told: list[bool] = []
-    listened: list[Any] = []
-    real = wakeup.notify
-
-    def notify(token: Any, *, processes: bool = True) -> None:
-        told.append(processes)
-        real(token, processes=processes)
-
-    monkeypatch.setattr(wakeup, "notify", notify)
-    monkeypatch.setattr(wakeup, "listen", listened.append)
-    rotation.refresh(make_token(expires_in=30))  # due (leeway 60 s), not expired
-    rotation.refresh(make_token(expires_in=-5))
-    assert told == [False, False]
-    assert listened == []
-
-
 def test_a_refresh_that_sends_nothing_leaves_no_in_flight_mark(
     make_token: MakeToken, scripted: ScriptedServer
 ) -> None:
@@ -232,7 +207,7 @@ def test_the_token_is_kept_when_its_bookkeeping_cannot_be_written(
     claimed: list[str] = []
 
     def failing_state_writes(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-        if sql.startswith('UPDATE "token_rotation_tokenstate"'):
+        if sql.startswith(f"UPDATE {table('token_rotation_tokenstate')}"):
             # The claim and the in-flight mark go through; what follows fails.
             if len(claimed) == 2:
                 raise OperationalError("disk I/O error (injected)")

@@ -3,7 +3,7 @@
 # in transaction pooling mode, as many production sites run it: every database
 # name is passed through, any user is trusted (the PostgreSQL behind trusts
 # 127.0.0.1). tests/test_pgbouncer.py runs the single-flight, the
-# ATOMIC_REQUESTS rollbacks and the wake-ups through it (docs/databases.rst).
+# ATOMIC_REQUESTS rollbacks through it (docs/databases.rst).
 # Idempotent: installs Debian's pgbouncer if missing, (re)writes its
 # configuration, starts it unless it already answers.
 set -euo pipefail
