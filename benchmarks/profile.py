@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.02, help="Token endpoint (s).")
     parser.add_argument("--top", type=int, default=25, help="Entries of each profile listing.")
     parser.add_argument("--no-profile", action="store_true", help="CPU and statements only.")
+    parser.add_argument(
+        "--callers", metavar="REGEX", help="Also list who calls the functions matching REGEX."
+    )
     parser.add_argument("--pg-name", default="token_rotation_profile")
     args = parser.parse_args(argv)
 
@@ -129,6 +132,11 @@ def _profile(args: argparse.Namespace, endpoint: EndpointProcess, label: str) ->
         stats.strip_dirs().sort_stats(order).print_stats(args.top)
         print(f"\n-- under cProfile (CPU time), {args.tokens} tokens, by {order} --")
         print(stream.getvalue().split("\n", 4)[-1].strip("\n"))
+    if args.callers:
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).strip_dirs().print_callers(args.callers)
+        print(f"\n-- callers of {args.callers} --")
+        print(stream.getvalue().strip("\n"))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Expression, QuerySet
 from django.db.models.sql import UpdateQuery
+
+
+def _write_alias(rows: QuerySet[Any]) -> str:
+    """The database ``rows.update()`` would write to (``rows.db`` is the read
+    database of a queryset not yet marked for writing)."""
+    alias: str | None = getattr(rows, "_db", None)
+    return alias or str(router.db_for_write(rows.model, **getattr(rows, "_hints", {})))
 
 
 class Param(Expression):
@@ -52,7 +59,7 @@ class Statement:
         """The SQL and its parameters (values, and :class:`Param` to bind) for
         ``rows`` (the model's queryset on one database): compiled once per
         database for the model's unfiltered rows, else each time."""
-        alias = rows.db
+        alias = _write_alias(rows)
         unfiltered = not rows.query.where.children
         key = (alias, connections[alias].vendor)
         compiled = self._compiled.get(key) if unfiltered else None
@@ -71,7 +78,7 @@ class Statement:
     def run(self, rows: QuerySet[Any], **values: Any) -> int:
         """Execute on ``rows`` with ``values`` bound; the number of rows matched."""
         sql, template = self.compile(rows)
-        alias = rows.db
+        alias = _write_alias(rows)
         connection = connections[alias]
         params = [
             p.output_field.get_db_prep_value(values[p.name], connection)

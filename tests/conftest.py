@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
+from asgiref.sync import SyncToAsync
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.utils import timezone
 
 from tests import scripted_server
@@ -208,6 +210,23 @@ APP_SESSIONS_NEED_A_STORE = (
     "a signed-cookie session cannot be named by a token, allauth headless answers "
     "410 (SESSION_ENGINE = signed_cookies; check token_rotation.W011)"
 )
+
+
+@pytest.fixture(autouse=True)
+def _close_the_async_thread_connections() -> Iterator[None]:
+    """Close the connections of asgiref's thread-sensitive thread after each test.
+
+    The sync parts of an async test (the ``AsyncClient``'s sync middleware and
+    views, ``sync_to_async(thread_sensitive=True)`` calls such as ``arefresh``'s
+    token lookup or ``aforce_login``) run on that one thread when no
+    ``async_to_sync`` is around them. Django's test client disconnects
+    ``close_old_connections`` from ``request_finished``, so nothing closes the
+    connections that thread opens: they lived until the worker exited and
+    ``DROP DATABASE`` at teardown failed on PostgreSQL ("is being accessed by
+    other users"), leaving the test database behind (issue #16).
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=60)
 
 
 @pytest.fixture

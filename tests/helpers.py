@@ -326,6 +326,18 @@ def call_refresh_tokens(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
+def unmeasured(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without what makes coverage measure a Python subprocess (setup.cfg's
+    ``patch = subprocess`` under ``--cov``): for the subprocesses that run no code
+    the floor is about, or run so much that tracing them would cost more than it
+    shows (the benchmark, a nested pytest run, pip)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+    }
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a server the test starts)."""
     with socket.socket() as sock:

@@ -232,7 +232,14 @@ class ScriptedServer:
                     return
                 reply = server._next_reply(received)
                 if server.on_request is not None:
-                    server.on_request(received)
+                    try:
+                        server.on_request(received)
+                    finally:
+                        # A callback may use the ORM: this handler thread's connections
+                        # would outlive the test and block DROP DATABASE at teardown.
+                        from django.db import connections
+
+                        connections.close_all()
                 if reply.drop:
                     self.close_connection = True
                     return

@@ -76,6 +76,33 @@ def test_failures_are_counted_by_code(
 
 
 @pytest.mark.django_db
+def test_an_unexpected_failure_fails_one_token_transiently_and_the_run_goes_on(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, caplog: Any
+) -> None:
+    """A bug or the database failing mid-refresh (here: the first write of a token
+    raises) is one token failed transiently with the engine's code; the run goes
+    on with the next token, and the command would exit 0 (a later run retries)."""
+    first, second = make_token(expires_in=-10), make_token(expires_in=-10)
+    failed: list[str] = []
+
+    def first_token_write_fails(execute: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith('UPDATE "socialaccount_socialtoken"') and not failed:
+            failed.append(sql)
+            raise RuntimeError("injected")
+        return execute(sql, *args)
+
+    with connection.execute_wrapper(first_token_write_fails):
+        report = background.refresh_due()
+
+    assert failed
+    assert report.counts == Counter({background.FAILED_TRANSIENTLY: 1, background.REFRESHED: 1})
+    assert report.codes[background.FAILED_TRANSIENTLY] == {"internal_error": 1}
+    assert report.failed_permanently == 0
+    assert {stored(first).token, stored(second).token} == {"old-access", "new-access"}
+    assert "injected" not in caplog.text  # logged by type and place only
+
+
+@pytest.mark.django_db
 def test_idle_refresh_tokens_are_kept_alive(
     fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
 ) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import unmeasured
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # One worker runs the module (``--dist loadgroup``): the benchmark behind the
@@ -26,7 +28,9 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("benchmarks")]
 @pytest.fixture(scope="module")
 def output() -> str:
     pytest.importorskip("gunicorn", reason="the benchmark needs gunicorn (the test extra)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Not measured by coverage: the benchmark's own timings, and its runtime, stay
+    # what they are without --cov.
+    env = unmeasured({**os.environ, "PYTHONPATH": str(ROOT)})
     env.pop("DJANGO_SETTINGS_MODULE", None)
     result = subprocess.run(
         [

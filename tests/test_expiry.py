@@ -80,7 +80,9 @@ def test_a_new_sign_in_does_not_stretch_the_carried_lifetime(
     )
     scripted.script(tokens(expires_in=None))
     refresh(token, force=True)
-    assert 3590 < lifetime_of(token) <= 3600
+    # The inferred lifetime is expires_at - last_login: make_token stores the account (its
+    # last_login) a database round trip before it computes expires_at, so it can read 3600.001.
+    assert 3590 < lifetime_of(token) <= 3601
 
 
 def test_an_implausibly_short_inferred_lifetime_is_not_carried(

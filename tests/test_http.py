@@ -430,6 +430,26 @@ def test_httpx_sync_client_retries_once_after_one_refresh(
     assert len(scripted.token_requests) == 1
 
 
+async def test_httpx_sends_an_accepted_token_once_and_refreshes_nothing(
+    live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
+) -> None:
+    """The everyday case, sync and async: the API accepts the stored token, one
+    request each, no refresh; the auth's repr names the provider, not the token."""
+    api.valid = {"old-access"}
+    auth = HttpxTokenAuth(user, "fake")
+    assert repr(auth) == "HttpxTokenAuth(provider='fake')"
+
+    def sync_call() -> int:
+        with httpx.Client(auth=auth) as client:
+            return client.get(api.url).status_code
+
+    assert await asyncio.to_thread(in_thread(sync_call)) == 200
+    async with httpx.AsyncClient(auth=auth) as client:
+        assert (await client.get(api.url)).status_code == 200
+    assert api.tokens_seen() == ["old-access", "old-access"]
+    assert scripted.token_requests == []
+
+
 def test_httpx_does_not_resend_a_stream(
     live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
 ) -> None:

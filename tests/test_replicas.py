@@ -251,3 +251,22 @@ def test_revocation_on_logout_deletes_on_the_primary(
         user_logged_out.send(sender=type(user), request=None, user=user)
     assert [r.path for r in scripted.received if r.path == "/revoke"] == ["/revoke"]
     assert not SocialToken.objects.using(alias).exists()
+
+
+@pytest.mark.parametrize("alias", PRIMARIES)
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_the_state_changes_write_to_the_routers_primary(alias: str, fake_on: Any) -> None:
+    """``TokenState.objects`` without ``using()``: the compiled state changes
+    (django_token_rotation.statements) go where ``update()`` would, the
+    primary, not the read database a plain queryset names."""
+    fake_on(alias)
+    token = SocialToken.objects.using(alias).get()
+    TokenState.objects.using(alias).for_token(token.pk)
+    with replica_of(alias):
+        assert TokenState.objects.claim_lease(token.pk, "a" * 32, 30)
+        assert TokenState.objects.mark_in_flight(
+            token.pk, "f" * 32, lease_id="a" * 32, lease_seconds=30
+        )
+        TokenState.objects.release_lease(token.pk, "a" * 32)
+    state = TokenState.objects.using(alias).get()
+    assert (state.lease_id, state.inflight_fingerprint) == ("", "f" * 32)
