@@ -282,7 +282,8 @@ def refresh_due(
     takes every ``processes``-th token by primary key). ``dry_run`` refreshes
     nothing: each due token is reported as ``due`` (or skipped) with the token
     itself in :attr:`Result.token`. ``on_result`` is called for every token
-    (from worker threads, one at a time).
+    (from worker threads, one at a time); an exception it raises ends the run
+    (the tokens being refreshed at that moment finish) and is raised here.
     """
     if concurrency < 1 or processes < 1 or batch_size < 1:
         raise ValueError("concurrency, processes and batch_size must be >= 1.")
