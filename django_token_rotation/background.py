@@ -282,7 +282,8 @@ def refresh_due(
     takes every ``processes``-th token by primary key). ``dry_run`` refreshes
     nothing: each due token is reported as ``due`` (or skipped) with the token
     itself in :attr:`Result.token`. ``on_result`` is called for every token
-    (from worker threads, one at a time).
+    (from worker threads, one at a time); an exception it raises ends the run
+    (the tokens being refreshed at that moment finish) and is raised here.
     """
     if concurrency < 1 or processes < 1 or batch_size < 1:
         raise ValueError("concurrency, processes and batch_size must be >= 1.")
@@ -395,16 +396,25 @@ def _run(
             record(refresh_one(token, selection))
         return
     work: queue.Queue[SocialToken | None] = queue.Queue(maxsize=2 * concurrency)
+    # What ``record`` (the caller's ``on_result``) raised in a worker: no more tokens
+    # are handed out, the workers drain the queue, and it is raised here as it would
+    # be with one thread (a dead worker must not leave ``work.put`` blocked forever).
+    failed: list[BaseException] = []
 
     def worker() -> None:
         try:
             with history.buffered():
                 while (token := work.get()) is not None:
+                    if failed:
+                        continue
                     try:
                         result = refresh_one(token, selection)
                     except BaseException as exc:  # reported by type only
                         result = Result(token.pk, ERROR, type(exc).__name__)
-                    record(result)
+                    try:
+                        record(result)
+                    except BaseException as exc:
+                        failed.append(exc)
         finally:
             connections.close_all()  # this thread's connections
             client.close_sessions()
@@ -417,12 +427,16 @@ def _run(
         thread.start()
     try:
         for token in tokens:
+            if failed:
+                break
             work.put(token)
     finally:
         for _ in threads:
             work.put(None)
         for thread in threads:
             thread.join()
+    if failed:
+        raise failed[0]
 
 
 _DONE = None

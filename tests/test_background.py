@@ -310,6 +310,37 @@ def test_worker_threads_refresh_every_due_token_once(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_on_result_that_raises_in_a_worker_thread_ends_the_run_with_its_error(
+    fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    # As with one thread: the caller's callback error reaches the caller. Every worker
+    # dying on it used to leave the run blocked forever on its full work queue.
+    seed_many(fake_app)
+    calls: list[background.Result] = []
+
+    def on_result(result: background.Result) -> None:
+        calls.append(result)
+        raise LookupError("the caller's own bug")
+
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            background.refresh_due(concurrency=2, batch_size=2, on_result=on_result)
+        except BaseException as exc:
+            ended.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "refresh_due hangs when on_result raises in its workers"
+    assert [type(exc) for exc in ended] == [LookupError]
+    # Each worker stopped at its first error: no more tokens refreshed than workers.
+    assert 1 <= len(calls) <= 2
+    assert len(scripted.token_requests) == len(calls) < TOKENS
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_refresh_process_killed_mid_run_fails_the_run(
     scripted: ScriptedServer, settings: Any
 ) -> None:
