@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -229,8 +230,15 @@ def report_overhead(
     return table(headers, rows), all_ratios
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # As an exception, so that every ``finally`` stops what the run started (its
+    # endpoint, servers and Celery workers): a plain SIGTERM would leave them running.
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sections = set(args.only or ["overhead", "burst", "background"])
     records: list[dict[str, Any]] = []
     verdicts: Lines = []
