@@ -6,7 +6,7 @@ Refreshes ``--tokens`` due tokens with ``background.refresh_due`` in this proces
 of this process per token without a profiler (median of ``--rounds``), the SQL
 statements sent per token, then one run under ``cProfile`` timed by CPU time (waits on the
 endpoint and the database count nothing): its top entries by own time and by
-cumulative time. Built from the benchmarks' pieces: ``run.database()``,
+cumulative time. Built from the benchmarks' pieces: ``run.site()``,
 ``EndpointProcess``, ``background.prepare()`` and ``background.make_due()``.
 """
 
@@ -40,25 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-name", default="token_rotation_profile")
     args = parser.parse_args(argv)
 
-    from .run import database
+    from .run import site
 
     endpoint = EndpointProcess(args.latency)
     try:
-        with database(args.pg_name) as (db, label):
-            os.environ["TOKEN_ROTATION_BENCH_DB"] = json.dumps(db)
-            os.environ["TOKEN_ROTATION_BENCH_TOKEN_URL"] = endpoint.token_url
-            os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
-            import django
-
-            django.setup()
-            from django.core.management import call_command
-            from django.db import connections
-
-            call_command("migrate", verbosity=0, interactive=False)
-            try:
-                _profile(args, endpoint, label)
-            finally:
-                connections.close_all()
+        with site(args.pg_name, endpoint) as label:
+            _profile(args, endpoint, label)
     finally:
         endpoint.stop()
     return 0

@@ -170,6 +170,29 @@ def database(name: str) -> Iterator[tuple[dict[str, Any], str]]:
         path.unlink(missing_ok=True)
 
 
+@contextmanager
+def site(name: str, endpoint: EndpointProcess) -> Iterator[str]:
+    """Django set up in this process on the benchmark's own database ``name`` (see
+    :func:`database`; its label is yielded), migrated, with ``endpoint`` as every
+    app's token endpoint (``benchmarks.settings`` reads both from the environment,
+    which the processes the benchmark starts inherit)."""
+    with database(name) as (db, label):
+        os.environ["TOKEN_ROTATION_BENCH_DB"] = json.dumps(db)
+        os.environ["TOKEN_ROTATION_BENCH_TOKEN_URL"] = endpoint.token_url
+        os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connections
+
+        call_command("migrate", verbosity=0, interactive=False)
+        try:
+            yield label
+        finally:
+            connections.close_all()
+
+
 # -- output -------------------------------------------------------------------------
 
 Lines = list[str]
@@ -248,18 +271,10 @@ def main(argv: list[str] | None = None) -> int:
 
     endpoint = EndpointProcess(args.burst_latency)
     try:
-        with database(args.pg_name) as (db, db_label):
-            os.environ["TOKEN_ROTATION_BENCH_DB"] = json.dumps(db)
-            os.environ["TOKEN_ROTATION_BENCH_TOKEN_URL"] = endpoint.token_url
-            os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+        with site(args.pg_name, endpoint) as db_label:
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-            import django
-
-            django.setup()
-            from django.core.management import call_command
             from django.db import connection
 
-            call_command("migrate", verbosity=0, interactive=False)
             about = {**machine(), "database": db_label}
             if db_label == "SQLite":
                 import sqlite3
@@ -287,9 +302,6 @@ def main(argv: list[str] | None = None) -> int:
                 _burst(args, env, endpoint, out, records, verdicts)
             if "background" in sections:
                 _background(args, env, endpoint, db_label, out, records, verdicts)
-            from django.db import connections
-
-            connections.close_all()
     finally:
         endpoint.stop()
 
