@@ -175,12 +175,29 @@ def _xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-django's order and xdist's hook
+class _Schedule:
+    """The order of an xdist worker's tests and their groups: after pytest-django's
+    order and xdist's own hook (trylast), on the tests ``-m`` kept."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+            _slow_first(items)
+            _xdist_groups(config, items)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_Schedule(), "token-rotation-schedule")
+
+
+# tryfirst: the marks must be there before pytest's ``-m`` deselects by them (``-m
+# shapes``, ``on_mariadb``...), and the replica's django_db marks before pytest-django
+# orders the tests by them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _reading_from_the_replica(items)
-    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
-        _slow_first(items)
-        _xdist_groups(config, items)
     for item in items:
         for part, modules in SHAPES_MODULES.items():
             if item.path.stem in modules:
