@@ -48,6 +48,9 @@ class Reply:
     hold: threading.Event | None = None
     #: Close the connection after reading the request, without answering.
     drop: bool = False
+    #: No ``Content-Length``: the body ends where the server closes the
+    #: connection (HTTP/1.0 style), so a cut body looks like a whole one.
+    close_delimited: bool = False
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, (dict, list)):
@@ -254,9 +257,12 @@ class ScriptedServer:
                 try:
                     self.send_response(reply.status)
                     headers = {"Content-Type": content_type, **reply.headers}
+                    if reply.close_delimited:
+                        headers["Connection"] = "close"
+                        self.close_connection = True
                     for name, value in headers.items():
                         self.send_header(name, value)
-                    if "Content-Length" not in headers:
+                    if "Content-Length" not in headers and not reply.close_delimited:
                         self.send_header("Content-Length", str(len(body)))
                     if reply.header_drip:
                         buffered: list[bytes] = getattr(self, "_headers_buffer")  # noqa: B009

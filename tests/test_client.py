@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
+import email.utils
 import os
 import subprocess
 import sys
@@ -16,10 +19,13 @@ from django_token_rotation import (
     ProviderNotRefreshable,
     ReauthenticationRequired,
     TokenRefreshUnavailable,
+    client,
     get_access_token,
+    refresh,
 )
 from django_token_rotation.client import require_secure
 from django_token_rotation.exceptions import ImproperlyConfiguredProvider
+from django_token_rotation.models import TokenState
 from tests.helpers import IN_CI, ROOT, MakeToken, unmeasured
 from tests.scripted_server import Reply, ScriptedServer, tokens
 
@@ -192,3 +198,106 @@ def test_a_sites_retry_of_posts_never_sends_the_refresh_token_twice(
         get_access_token(user, "fake")
     assert excinfo.value.code == "connection_error"
     assert len(scripted.token_requests) == 1
+
+
+def test_a_document_answered_with_an_error_status_is_not_read(scripted: ScriptedServer) -> None:
+    """A discovery document or JWKS answered with 404: the status is the error
+    (with the caller's code), whatever the body says."""
+    scripted.static["/jwks"] = Reply(404, {"keys": []})
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        client.fetch_json(
+            f"{scripted.base_url}/jwks", provider="p", what="the JWKS", code="jwks_failed"
+        )
+    assert excinfo.value.code == "jwks_failed"
+    assert excinfo.value.provider == "p"
+    assert "answered HTTP 404" in str(excinfo.value)
+    assert [r.path for r in scripted.received] == ["/jwks"]
+
+
+def test_a_kept_session_sends_netrc_credentials_as_requests_does(
+    scripted: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``keep_alive`` the environment is read once per URL instead of by
+    requests on every call: a ``~/.netrc`` entry for the host still applies, as
+    it does to a one-off session."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login site-user password site-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    scripted.static["/jwks"] = Reply(200, {"keys": []})
+    url = f"{scripted.base_url}/jwks"
+    assert client.fetch_json(url, provider="p") == {"keys": []}
+    with client.keep_alive():
+        assert client.fetch_json(url, provider="p") == {"keys": []}
+        assert client.fetch_json(url, provider="p") == {"keys": []}
+    basic = "Basic " + base64.b64encode(b"site-user:site-password").decode()
+    assert [r.headers.get("Authorization") for r in scripted.received] == [basic] * 3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "close-delimited"])
+def test_an_oversized_answer_is_refused_and_nothing_is_stored(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    user: Any,
+    settings: Any,
+    declared: bool,
+) -> None:
+    """Refused by its declared length before it is read, or while it is read
+    when no length is declared."""
+    settings.TOKEN_ROTATION_MAX_RESPONSE_BYTES = 1024
+    token = make_token()
+    oversized = tokens(pad="x" * 4096)
+    oversized.close_delimited = not declared
+    scripted.script(oversized)
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        get_access_token(user, "fake")
+    assert excinfo.value.code == "malformed_response"
+    assert "exceeds 1024 bytes" in str(excinfo.value)
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("old-access", "old-refresh")
+    # Just under the cap is read as usual.
+    TokenState.objects.filter(token_id=token.pk).update(next_retry_at=None)
+    scripted.script(tokens(pad="x" * 800))
+    assert get_access_token(user, "fake") == "new-access"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("zone", ["GMT", "-0000"])
+def test_retry_after_as_an_http_date_is_honoured(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, zone: str
+) -> None:
+    """RFC 9110 allows ``Retry-After`` as a date; ``-0000`` (a date without a
+    zone, says RFC 5322) is read as UTC."""
+    token = make_token(expires_in=30)  # due (leeway 60 s) but still valid
+    at = (timezone.now() + datetime.timedelta(seconds=120)).replace(microsecond=0)
+    header = email.utils.format_datetime(at, usegmt=True)
+    if zone != "GMT":
+        header = header.replace("GMT", zone)
+    scripted.script(Reply(503, b"", headers={"Retry-After": header}))
+    with pytest.raises(TokenRefreshUnavailable) as excinfo:
+        refresh(token)
+    retry_at = TokenState.objects.get(token_id=token.pk).next_retry_at
+    assert retry_at == at
+    assert excinfo.value.retry_at == retry_at
+
+
+@pytest.mark.django_db
+def test_a_retry_after_that_is_not_a_date_is_ignored(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    """The back-off of a 503 without the header, not an error."""
+    retry_ats = []
+    for header in ({"Retry-After": "next tuesday"}, {}):
+        token = make_token(expires_in=30)
+        scripted.script(Reply(503, b"", headers=header))
+        with pytest.raises(TokenRefreshUnavailable) as excinfo:
+            refresh(token)
+        assert excinfo.value.code == "server_error"
+        retry_at = TokenState.objects.get(token_id=token.pk).next_retry_at
+        assert retry_at is not None
+        retry_ats.append((retry_at - timezone.now()).total_seconds())
+        token.delete()
+    junk, absent = retry_ats
+    assert abs(junk - absent) < 5

@@ -17,7 +17,13 @@ from allauth.socialaccount.models import SocialApp, SocialToken
 from django.core.cache import cache
 from django.utils import timezone
 
-from django_token_rotation import TokenRefreshUnavailable, get_access_token, providers
+from django_token_rotation import (
+    TokenRefreshUnavailable,
+    client,
+    get_access_token,
+    providers,
+    wire,
+)
 from django_token_rotation.models import TokenState
 from tests.helpers import (
     ALIASES,
@@ -92,6 +98,56 @@ def test_a_complete_answer_that_arrived_in_time_is_kept(
     assert timed("default")[1] == "new-access"
     token.refresh_from_db()
     assert (token.token, token.token_secret) == ("new-access", "new-refresh")
+
+
+@pytest.mark.django_db
+def test_an_answer_without_a_length_cut_at_the_deadline_is_not_taken_whole(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, settings: Any, user: Any
+) -> None:
+    """A provider that ends its body by closing the connection (no
+    ``Content-Length``, form-encoded like GitHub's): at the deadline the socket
+    is shut and the read sees an end of file. What arrived parses (its refresh
+    token cut short); it is not taken for the answer."""
+    settings.TOKEN_ROTATION_TIMEOUT = 1
+    token = make_token()
+    body = "access_token=new-access&token_type=bearer&expires_in=3600&refresh_token=" + "r" * 400
+    scripted.script(
+        Reply(
+            200,
+            body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            drip=0.01,  # 470 bytes over 4.7 s and more
+            close_delimited=True,
+        )
+    )
+    took, outcome = timed("default")
+    print(f"\nclose-delimited dripping answer, TIMEOUT=1: {outcome} after {took:.2f} s")
+    assert outcome == "timeout"
+    assert took < 1 + SLACK
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("old-access", "old-refresh")
+
+
+@pytest.mark.django_db
+def test_a_close_delimited_answer_that_arrived_in_time_is_kept(
+    fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer, user: Any
+) -> None:
+    token = make_token()
+    scripted.script(Reply(200, tokens().body, close_delimited=True))
+    assert get_access_token(user, "fake") == "new-access"
+    token.refresh_from_db()
+    assert (token.token, token.token_secret) == ("new-access", "new-refresh")
+
+
+def test_nothing_is_sent_once_the_deadline_has_passed(scripted: ScriptedServer) -> None:
+    """A call made after the refresh's deadline (a discovery document and a
+    JWKS share it) fails at once, without a connection."""
+    scripted.static["/jwks"] = Reply(200, {"keys": []})
+    with wire.deadline(0.0), pytest.raises(TokenRefreshUnavailable) as excinfo:
+        client.fetch_json(f"{scripted.base_url}/jwks", provider="p")
+    assert excinfo.value.code == "timeout"
+    assert excinfo.value.provider == "p"
+    assert scripted.connections == 0 and scripted.received == []
 
 
 @pytest.mark.django_db

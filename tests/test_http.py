@@ -16,7 +16,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -366,6 +366,71 @@ def test_a_body_that_cannot_be_sent_twice_is_not_retried(
     assert api.seen[-1].body == b"from a pipe"
 
 
+class ProgressUpload:
+    """An upload wrapper that counts what was read, as progress bars do: it
+    knows its position, but the pipe under it cannot seek."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.raw.read(size)
+        self.sent += len(data)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(8192):
+            yield chunk
+
+    def tell(self) -> int:
+        return self.sent
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.raw.seek(offset, whence))
+
+
+def test_a_stream_that_says_where_it_is_but_cannot_go_back_is_not_resent(
+    live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
+) -> None:
+    """requests records the position the stream tells; seeking back to it
+    fails: the 401 is returned, not a retry with an empty body."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"read from a pipe")
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:
+        upload = ProgressUpload(pipe)
+        response = requests.post(api.url, data=upload, auth=TokenAuth(user, "fake"), timeout=10)
+    assert response.status_code == 401
+    assert api.tokens_seen() == ["old-access"]
+    assert api.seen[0].body == b"read from a pipe"
+    assert upload.sent == len(b"read from a pipe")
+    # Refreshed all the same: the next request is accepted.
+    assert len(scripted.token_requests) == 1
+    assert requests.get(api.url, auth=TokenAuth(user, "fake"), timeout=10).status_code == 200
+
+
+def test_a_token_deleted_while_the_api_answered_raises_reauthentication_required(
+    live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
+) -> None:
+    """The user disconnects the account while a request is on its way: the
+    401 finds no stored token to refresh."""
+
+    def disconnect() -> None:
+        try:
+            SocialToken.objects.filter(pk=live_token.pk).delete()
+        finally:
+            connections.close_all()
+
+    api.on_reject = disconnect
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        requests.get(api.url, auth=TokenAuth(user, "fake"), timeout=10)
+    assert excinfo.value.code == "no_token"
+    assert excinfo.value.provider == "fake"
+    assert api.tokens_seen() == ["old-access"]
+    assert scripted.token_requests == []
+
+
 def test_a_file_that_can_be_rewound_is_resent_whole(
     live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
 ) -> None:
@@ -460,6 +525,21 @@ def test_httpx_does_not_resend_a_stream(
         assert client.post(api.url, content=chunks()).status_code == 401
     assert api.tokens_seen() == ["old-access"]
     assert len(scripted.token_requests) == 1
+
+
+async def test_httpx_async_does_not_resend_a_stream(
+    live_token: SocialToken, scripted: ScriptedServer, api: ApiServer, user: Any
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"streamed"
+
+    async with httpx.AsyncClient(auth=HttpxTokenAuth(user, "fake")) as client:
+        assert (await client.post(api.url, content=chunks())).status_code == 401
+    assert api.tokens_seen() == ["old-access"]
+    assert api.seen[0].body == b"streamed"
+    assert len(scripted.token_requests) == 1
+    await asyncio.to_thread(in_thread(live_token.refresh_from_db))
+    assert live_token.token == "new-access"
 
 
 def test_httpx_concurrent_sync_401s_cause_one_refresh(

@@ -105,6 +105,42 @@ def test_a_validated_mismatch_signs_out_and_keeps_the_new_refresh_token_blocked(
     assert account.extra_data["id_token"]["email"] == "old@example.com"
 
 
+def test_a_mismatch_without_a_new_refresh_token_writes_nothing_and_blocks_the_old_one(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    """A provider that does not rotate refresh tokens answers with an ID token
+    for another account: nothing of the answer is stored, and the refresh token
+    sent is blocked until a sign-in."""
+    scripted.script(tokens(refresh=None, id_token=id_token(scripted, sub="someone-else")))
+    with pytest.raises(ReauthenticationRequired) as excinfo:
+        get_access_token(user, "scripted")
+    assert excinfo.value.code == "id_token_invalid"
+    oidc.refresh_from_db()
+    assert (oidc.token, oidc.token_secret) == ("old-access", "old-refresh")
+    state = TokenState.objects.get()
+    assert state.needs_reauth and state.last_error == "id_token_invalid"
+    assert state.failed_fingerprint == fingerprint("old-refresh")
+    with pytest.raises(ReauthenticationRequired):
+        get_access_token(user, "scripted")
+    assert len(scripted.token_requests) == 1
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"
+
+
+def test_claims_mixed_with_userinfo_are_left_as_they_are(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    """Accounts stored by allauth < 65.11 mix the claims with the userinfo, with
+    no ``id_token`` key: the new tokens are stored, that data is not rewritten."""
+    old_layout = {"sub": "user-1", "email": "old@example.com", "name": "Alice"}
+    SocialAccount.objects.filter(pk=oidc.account_id).update(extra_data=old_layout)
+    scripted.script(tokens(id_token=id_token(scripted, email="new@example.com")))
+    assert get_access_token(user, "scripted") == "new-access"
+    oidc.refresh_from_db()
+    assert (oidc.token, oidc.token_secret) == ("new-access", "new-refresh")
+    assert SocialAccount.objects.get(pk=oidc.account_id).extra_data == old_layout
+
+
 @pytest.mark.parametrize(
     ("claims", "key", "alg"),
     [

@@ -696,3 +696,91 @@ def test_the_checks_accept_a_subclass(site_answers: None) -> None:
     out = StringIO()
     call_command("check", stdout=out)
     assert "token_rotation" not in out.getvalue()
+
+
+# -- rechecks: what the summary keeps --------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_pages_of_a_refused_grant_go_through_marked(
+    async_client: AsyncClient, user: Any, revoked: SocialToken
+) -> None:
+    """As in sync mode: a page load reaches its view (the template decides), and
+    the response says which grant was refused."""
+    await async_client.aforce_login(user)
+    response = await async_client.get("/async-page/")
+    assert response.status_code == 200
+    assert response.content == b"async ok"
+    assert response[TokenRefreshMiddleware.ERROR_HEADER] == REFRESH_ACCESS_TOKEN_ERROR
+    assert response[TokenRefreshMiddleware.PROVIDER_HEADER] == "fake"
+
+
+def test_the_summary_of_a_deleted_user_is_dropped(
+    signed_in: Client,
+    user: Any,
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    clock: Callable[[float], None],
+) -> None:
+    """An admin deletes the user: the session still names them, the request is
+    anonymous; at the next look the summary goes, and nothing is refreshed."""
+    make_token(expires_in=3600)
+    signed_in.get("/page/")
+    assert summary_of(signed_in) is not None
+    user.delete()
+    clock(app_settings.SESSION_RECHECK + 1)
+    response = signed_in.get("/api/")
+    assert response.status_code == 200
+    assert signed_in.session.get(token_session.KEY) is None
+    assert scripted.token_requests == []
+
+
+def test_a_token_without_an_expiry_adds_none_to_the_summary(
+    signed_in: Client, fake_app: SocialApp, make_token: MakeToken, scripted: ScriptedServer
+) -> None:
+    make_token(expires_in=None)
+    before = time.time()
+    assert signed_in.get("/page/").status_code == 200
+    summary = summary_of(signed_in)
+    assert summary is not None
+    assert token_session.EXPIRES_AT not in summary and token_session.ERROR not in summary
+    assert summary[token_session.CHECK_AT] >= before + app_settings.SESSION_RECHECK - 2
+    assert scripted.token_requests == []
+
+
+def test_a_failure_still_there_keeps_its_sign_in_link(
+    signed_in: Client,
+    revoked: SocialToken,
+    scripted: ScriptedServer,
+    clock: Callable[[float], None],
+) -> None:
+    """The sign-in URL is computed once, when the error appears; a later look
+    that finds the same failure keeps it (no provider lookup per recheck)."""
+    signed_in.get("/page/")
+    session = signed_in.session
+    summary = session[token_session.KEY]
+    first_check = summary[token_session.CHECK_AT]
+    summary[token_session.ERROR]["login_url"] = "/kept/login/"
+    session[token_session.KEY] = summary
+    save_session(signed_in, session)
+    clock(app_settings.ERROR_RECHECK + 1)
+    response = signed_in.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json()["reauth_url"].startswith("/kept/login/?process=login")
+    rechecked = summary_of(signed_in)
+    assert rechecked is not None and rechecked[token_session.CHECK_AT] > first_check
+    assert rechecked[token_session.ERROR]["login_url"] == "/kept/login/"
+    assert len(scripted.token_requests) == 1  # known dead: not asked again
+
+
+def test_without_allauths_urls_the_sign_in_link_is_the_site_root(
+    signed_in: Client, revoked: SocialToken, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URLconf without allauth's URLs (the W008 check warns of it): neither
+    the provider's sign-in URL nor the login page can be reversed."""
+    settings.ROOT_URLCONF = "tests.urls_without_allauth"
+    response = signed_in.get("/api/", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json()["reauth_url"].startswith("/?process=login")
+    assert "No sign-in URL for token" in caplog.text

@@ -10,6 +10,7 @@ records what each attempt sent.
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from django_token_rotation import (
     TokenRefreshUnavailable,
     client,
     refresh,
+    signals,
     store,
 )
 from django_token_rotation.exceptions import ERROR_CODES
@@ -207,3 +209,35 @@ def test_an_unusable_id_token_at_an_openid_provider_keeps_the_tokens_not_the_cla
     assert (stored(token).token, stored(token).token_secret) == ("new-access", "new-refresh")
     account = SocialAccount.objects.get(pk=token.account_id)
     assert account.extra_data["id_token"]["email"] == "old@example.com"
+
+
+def test_a_receiver_that_raises_is_logged_and_the_refresh_stands(
+    fake_app: SocialApp,
+    make_token: MakeToken,
+    scripted: ScriptedServer,
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """A site's receiver of ``token_refreshed`` fails: the new tokens stay, and
+    our log names the exception's type only. (Django's ``send_robust`` also logs
+    the receiver's exception, message and traceback, on ``django.dispatch``.)"""
+    calls = []
+
+    def failing_receiver(sender: Any, **kwargs: Any) -> None:
+        calls.append(kwargs["token"].pk)
+        raise ValueError("the site's receiver failed")
+
+    token = make_token()
+    signals.token_refreshed.connect(failing_receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            refresh(token, force=True)
+    finally:
+        signals.token_refreshed.disconnect(failing_receiver)
+    assert calls == [token.pk]
+    assert (stored(token).token, stored(token).token_secret) == ("new-access", "new-refresh")
+    ours = [r for r in caplog.records if r.name == "django_token_rotation"]
+    errors = [r for r in ours if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "raised ValueError" in errors[0].getMessage()
+    assert "receiver failed" not in errors[0].getMessage() and errors[0].exc_info is None
