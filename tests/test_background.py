@@ -86,7 +86,7 @@ def test_an_unexpected_failure_fails_one_token_transiently_and_the_run_goes_on(
     failed: list[str] = []
 
     def first_token_write_fails(execute: Any, sql: str, *args: Any) -> Any:
-        if sql.startswith('UPDATE "socialaccount_socialtoken"') and not failed:
+        if sql.startswith(f"UPDATE {table('socialaccount_socialtoken')}") and not failed:
             failed.append(sql)
             raise RuntimeError("injected")
         return execute(sql, *args)
