@@ -520,6 +520,8 @@ def _retry_at(value: str | None) -> datetime.datetime | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
+    if timezone.is_naive(now):  # USE_TZ = False: the site's local time, as timezone.now()
+        when = timezone.make_naive(when, timezone.get_default_timezone())
     return min(max(when, now), now + datetime.timedelta(days=1))
 
 
