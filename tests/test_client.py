@@ -380,7 +380,7 @@ def test_a_kept_session_keeps_what_the_site_put_in_its_session(
             kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-Site": "yes"}
             return send_as_site(method, url, **kwargs)
 
-        session.request = request  # type: ignore[method-assign]
+        session.request = request  # type: ignore[method-assign,assignment]
         return session
 
     monkeypatch.setattr(DefaultSocialAccountAdapter, "get_requests_session", site_session)
