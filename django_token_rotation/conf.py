@@ -1,11 +1,16 @@
-"""Every ``TOKEN_ROTATION_*`` setting, read on each access, each described once.
+"""Every ``TOKEN_ROTATION_*`` setting, read through a property, each described once.
 
 Reading through properties (instead of copying values at import time) means
 ``override_settings`` just works and nothing needs reloading. The one setting
-read on every request (``EXEMPT_PATHS``) is kept compiled until Django's
-``setting_changed`` signal (sent by ``override_settings``) says it changed:
-reading an unset setting from ``django.conf.settings`` costs an exception, a
-few microseconds the middleware's fast path cannot afford.
+read on every request (``EXEMPT_PATHS``) is kept compiled, and every setting is
+kept as read, until Django's ``setting_changed`` signal (sent by
+``override_settings``) says a setting changed, or the settings object changes
+(``override_settings`` puts a new one in place; a setting deleted under it sends
+no signal). Assigning to ``django.conf.settings`` outside ``override_settings``
+is not seen, as by Django's own caches. Reading an unset setting from
+``django.conf.settings`` costs an exception, a few microseconds the middleware's
+fast path cannot afford, and a refresh reads a dozen (the timeout, the lease,
+the leeway...: 4 % of the background refresher's CPU).
 
 Adding a setting
 ----------------
@@ -60,14 +65,35 @@ DEPRECATED: dict[str, str] = {
 }
 
 
+_MISSING = object()
+_UNREAD = object()
+
+
 class Settings:
     prefix = "TOKEN_ROTATION_"
 
     def __init__(self) -> None:
         self._exempt_paths: tuple[re.Pattern[str], ...] | None = None
+        #: Django's settings as read (``_MISSING``: unset), for the settings object
+        #: they were read from (``override_settings`` and pytest-django's ``settings``
+        #: put a new one in place, deleting a setting too) and until any setting
+        #: changes.
+        self._read: dict[str, Any] = {}
+        self._read_from: object = None
+
+    def _setting(self, name: str, default: Any) -> Any:
+        """``getattr(django.conf.settings, name, default)``, kept (see ``_read``)."""
+        holder = settings._wrapped
+        if holder is not self._read_from:
+            self._read = {}
+            self._read_from = holder
+        value = self._read.get(name, _UNREAD)
+        if value is _UNREAD:
+            value = self._read[name] = getattr(settings, name, _MISSING)
+        return default if value is _MISSING else value
 
     def _get(self, name: str, default: Any) -> Any:
-        return getattr(settings, self.prefix + name, default)
+        return self._setting(self.prefix + name, default)
 
     def _number(self, name: str, default: float, *, minimum: float = 0) -> float:
         value = self._get(name, default)
@@ -117,7 +143,7 @@ class Settings:
         :type: ``float``
         :default: ``SOCIALACCOUNT_REQUESTS_TIMEOUT`` (allauth's, 5)
         """
-        default = getattr(settings, "SOCIALACCOUNT_REQUESTS_TIMEOUT", 5)
+        default = self._setting("SOCIALACCOUNT_REQUESTS_TIMEOUT", 5)
         return self._number("TIMEOUT", default, minimum=0.001)
 
     @property
@@ -441,8 +467,9 @@ SETTINGS_PAGE_INTRO = """\
 Settings
 ========
 
-All optional: a new project needs none of them. Each is read on every access, so
-``override_settings`` works in tests.
+All optional: a new project needs none of them. Each is read again whenever a
+setting changes (Django's ``setting_changed`` signal), so ``override_settings``
+works in tests.
 """
 
 
@@ -531,6 +558,7 @@ app_settings = Settings()
 def _forget_cached(*, setting: str, **kwargs: Any) -> None:
     if setting == Settings.prefix + "EXEMPT_PATHS":
         app_settings._exempt_paths = None
+    app_settings._read = {}
 
 
 # Connected here rather than in ready(): the cache lives in this module, and the

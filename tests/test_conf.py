@@ -118,3 +118,21 @@ def test_a_setting_documented_without_its_type_and_default_stops_the_generator(
     monkeypatch.setattr(Settings, "LEEWAY", undocumented)
     with pytest.raises(ValueError, match="Settings.LEEWAY: its docstring needs a :type:"):
         conf.settings_reference()
+
+
+def test_settings_kept_as_read_follow_every_change(settings: Any) -> None:
+    """Settings are kept once read (conf.Settings._setting) until a setting changes,
+    including another one their default comes from."""
+    settings.TOKEN_ROTATION_TIMEOUT = 5
+    assert (app_settings.TIMEOUT, app_settings.LEASE) == (5, 30)
+    settings.TOKEN_ROTATION_TIMEOUT = 20
+    assert (app_settings.TIMEOUT, app_settings.LEASE) == (20, 60)
+    del settings.TOKEN_ROTATION_TIMEOUT  # pytest-django sends no setting_changed for this
+    assert (app_settings.TIMEOUT, app_settings.LEASE) == (5, 30)
+    settings.SOCIALACCOUNT_REQUESTS_TIMEOUT = 12
+    assert (app_settings.TIMEOUT, app_settings.LEASE) == (12, 36)
+    settings.TOKEN_ROTATION_LEEWAY = 10
+    assert app_settings.LEEWAY == 10
+    settings.TOKEN_ROTATION_LEEWAY = -1
+    with pytest.raises(ImproperlyConfigured):
+        _ = app_settings.LEEWAY
