@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime
+import gc
 import io
 import json
 import os
@@ -47,6 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from statistics import mean
 from typing import Any
 
 from .common import median, percentile
@@ -196,6 +198,10 @@ class Burst:
     calls: list[Call]
     endpoint_calls: int
     rejected: int
+    #: CPU time of the processes' garbage collections (in the calls' threads), and
+    #: how many of them were full (generation 2) collections.
+    gc_cpu: float = 0.0
+    full_collections: int = 0
 
 
 class _Caller:
@@ -219,6 +225,18 @@ class _Caller:
             self.local.won = True
 
         token_refreshed.connect(won, weak=False, dispatch_uid="benchmarks.profile.won")
+        collecting = threading.local()
+        collected = [0.0, 0]  # CPU seconds, full collections
+
+        def garbage(phase: str, info: dict[str, Any]) -> None:
+            # Called on the collecting thread, before and after each collection.
+            if phase == "start":
+                collecting.started = time.thread_time()
+            else:
+                collected[0] += time.thread_time() - collecting.started
+                collected[1] += info["generation"] == 2
+
+        gc.callbacks.append(garbage)
         workers = [
             threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.threads)
         ]
@@ -228,11 +246,13 @@ class _Caller:
             message = pipe.recv()
             if message[0] == "burst":
                 self.order = (message[1], message[2])
+                before = list(collected)
                 started = time.process_time()
                 self.start.wait()
                 self.done.wait()
                 cpu = time.process_time() - started
-                pipe.send((cpu, self.calls))
+                gc_cpu, full = collected[0] - before[0], int(collected[1] - before[1])
+                pipe.send((cpu, self.calls, gc_cpu, full))
             elif message[0] == "dump":
                 stats = pstats.Stats(self.profilers[0])
                 for profiler in self.profilers[1:]:
@@ -338,13 +358,16 @@ def _burst(args: argparse.Namespace, endpoint: EndpointProcess, label: str) -> N
         start_at = time.time() + START_DELAY
         for pipe in pipes:
             pipe.send(("burst", start_at, profiled))
-        cpu, calls = 0.0, []
+        burst = Burst(0.0, [], 0, 0)
         for pipe in pipes:
-            process_cpu, process_calls = pipe.recv()
-            cpu += process_cpu
-            calls += process_calls
+            cpu, calls, gc_cpu, full = pipe.recv()
+            burst.cpu += cpu
+            burst.calls += calls
+            burst.gc_cpu += gc_cpu
+            burst.full_collections += full
         stats = endpoint.stats()
-        burst = Burst(cpu, calls, int(stats["calls"]), int(stats["rejected"]))
+        burst.endpoint_calls, burst.rejected = int(stats["calls"]), int(stats["rejected"])
+        calls = burst.calls
         errors = [call.error for call in calls if call.error]
         winners = sum(call.won for call in calls)
         if burst.endpoint_calls != 1 or burst.rejected or errors or winners != 1:
@@ -387,10 +410,14 @@ def _report_bursts(args: argparse.Namespace, label: str, callers: int, bursts: l
     waiter_statements = (
         median([sum(c.statements for c in w) / len(w) for w in waiters]) if callers > 1 else 0
     )
-    spread: dict[int, int] = {}
+    # Waiters by the statements their call sent: a waiter that queued behind another
+    # thread of its process (the tokens' read, one re-read), a poller (its process's
+    # first thread: re-reads and claims until the winner is done), a late caller (the
+    # tokens' read only: the refresh was already stored).
+    spread: dict[int, list[float]] = {}
     for w in waiters:
         for call in w:
-            spread[call.statements] = spread.get(call.statements, 0) + 1
+            spread.setdefault(call.statements, []).append(call.cpu)
     walls = sorted(c.wall for b in bursts for c in b.calls)
     print(
         f"{label}, endpoint {args.latency * 1000:g} ms, {args.processes} processes x "
@@ -400,7 +427,9 @@ def _report_bursts(args: argparse.Namespace, label: str, callers: int, bursts: l
     )
     print(
         f"CPU per burst, the processes, no profiler (median): {ms(cpu)}; "
-        f"per caller: {ms(cpu / callers)}"
+        f"per caller: {ms(cpu / callers)}; mean per burst {ms(mean([b.cpu for b in bursts]))}, "
+        f"of which garbage collection {ms(mean([b.gc_cpu for b in bursts]))} "
+        f"({sum(b.full_collections for b in bursts)} full collections in all)"
     )
     winner_cpu = median([c.cpu for c in winner])
     print(
@@ -410,10 +439,13 @@ def _report_bursts(args: argparse.Namespace, label: str, callers: int, bursts: l
     )
     print(
         f"SQL statements per burst: {statements:g}; the winner's "
-        f"{median([c.statements for c in winner]):g}, a waiter's {waiter_statements:.2f} "
-        f"(mean; waiters by statements: "
-        + ", ".join(f"{n}: {spread[n]}" for n in sorted(spread))
-        + ")"
+        f"{median([c.statements for c in winner]):g}, a waiter's {waiter_statements:.2f} (mean)"
+    )
+    print(
+        f"  waiters of the {len(bursts)} bursts by their statements: "
+        + "; ".join(
+            f"{n}: {len(spread[n])} x {ms(sum(spread[n]) / len(spread[n]))}" for n in sorted(spread)
+        )
     )
     print(
         f"Refresh calls at the endpoint per burst: {[b.endpoint_calls for b in bursts]}; "
