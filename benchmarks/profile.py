@@ -425,11 +425,12 @@ def _report_bursts(args: argparse.Namespace, label: str, callers: int, bursts: l
         f"{'state kept' if args.keep_state else 'first expiry (state deleted)'}, "
         f"{args.rounds} bursts after a warm-up, load average {os.getloadavg()[0]:.1f}"
     )
+    full = sum(b.full_collections for b in bursts)
     print(
         f"CPU per burst, the processes, no profiler (median): {ms(cpu)}; "
         f"per caller: {ms(cpu / callers)}; mean per burst {ms(mean([b.cpu for b in bursts]))}, "
         f"of which garbage collection {ms(mean([b.gc_cpu for b in bursts]))} "
-        f"({sum(b.full_collections for b in bursts)} full collections in all)"
+        f"({full} full collection{'s' if full != 1 else ''} in all)"
     )
     winner_cpu = median([c.cpu for c in winner])
     print(
@@ -442,10 +443,8 @@ def _report_bursts(args: argparse.Namespace, label: str, callers: int, bursts: l
         f"{median([c.statements for c in winner]):g}, a waiter's {waiter_statements:.2f} (mean)"
     )
     print(
-        f"  waiters of the {len(bursts)} bursts by their statements: "
-        + "; ".join(
-            f"{n}: {len(spread[n])} x {ms(sum(spread[n]) / len(spread[n]))}" for n in sorted(spread)
-        )
+        f"  waiters of the {len(bursts)} bursts by their statements (count x median CPU): "
+        + "; ".join(f"{n}: {len(spread[n])} x {ms(median(spread[n]))}" for n in sorted(spread))
     )
     print(
         f"Refresh calls at the endpoint per burst: {[b.endpoint_calls for b in bursts]}; "
