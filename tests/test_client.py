@@ -304,3 +304,94 @@ def test_a_retry_after_that_is_not_a_date_is_ignored(
         token.delete()
     junk, absent = retry_ats
     assert abs(junk - absent) < 5
+
+
+# -- a kept session sends what a one-off session sends ---------------------------------
+# Under keep_alive (background runs) a request is prepared once per URL and copied
+# with each call's form (client._template): what reaches the endpoint must not change.
+
+
+@pytest.mark.parametrize("basic_auth", [False, True], ids=["form-credentials", "basic"])
+def test_a_kept_session_sends_what_a_one_off_session_sends(
+    scripted: ScriptedServer, basic_auth: bool
+) -> None:
+    endpoint = client.TokenEndpoint(
+        url=scripted.token_url,
+        client_id="c",
+        client_secret="s",
+        provider="p",
+        basic_auth=basic_auth,
+        headers={"X-Tenant": "t1"},
+    )
+    scripted.script(tokens())
+    client.refresh_token_grant(endpoint, "refresh-1")
+    with client.keep_alive():
+        client.refresh_token_grant(endpoint, "refresh-2")
+        client.refresh_token_grant(endpoint, "refresh-3")
+    one_off, *kept = scripted.token_requests
+    assert [r.form["refresh_token"] for r in kept] == ["refresh-2", "refresh-3"]
+    for received in kept:
+        # Same headers, in the same order, and the same form but for the refresh token.
+        assert list(received.headers.items()) == list(one_off.headers.items())
+        assert {**received.form, "refresh_token": "refresh-1"} == one_off.form
+    assert ("Authorization" in one_off.headers) == basic_auth
+    assert one_off.headers["X-Tenant"] == "t1"
+
+
+def test_a_kept_session_returns_the_cookies_an_endpoint_sets(scripted: ScriptedServer) -> None:
+    """A load balancer's affinity cookie comes back on the next call, as requests
+    sends a session's cookies: the call no longer uses the prepared copy."""
+    endpoint = client.TokenEndpoint(
+        url=scripted.token_url, client_id="c", client_secret="s", provider="p"
+    )
+    scripted.script(Reply(200, tokens().body, headers={"Set-Cookie": "node=b7; Path=/"}))
+    with client.keep_alive():
+        for n in range(3):
+            client.refresh_token_grant(endpoint, f"refresh-{n}")
+    assert [r.headers.get("Cookie") for r in scripted.token_requests] == [
+        None,
+        "node=b7",
+        "node=b7",
+    ]
+
+
+def test_a_kept_session_keeps_what_the_site_put_in_its_session(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site's adapter that wraps ``session.request`` or signs each body with its
+    own ``auth``: every call under keep_alive still goes through them."""
+    import hashlib
+
+    import requests
+    from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+
+    class SignBody(requests.auth.AuthBase):
+        def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+            body = request.body if isinstance(request.body, bytes) else str(request.body).encode()
+            request.headers["X-Signature"] = hashlib.sha256(body).hexdigest()
+            return request
+
+    def site_session(self: Any) -> requests.Session:
+        session = requests.Session()
+        session.auth = SignBody()
+        send_as_site = session.request
+
+        def request(method: str, url: str, **kwargs: Any) -> requests.Response:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-Site": "yes"}
+            return send_as_site(method, url, **kwargs)
+
+        session.request = request  # type: ignore[method-assign,assignment]
+        return session
+
+    monkeypatch.setattr(DefaultSocialAccountAdapter, "get_requests_session", site_session)
+    endpoint = client.TokenEndpoint(
+        url=scripted.token_url, client_id="c", client_secret="s", provider="p"
+    )
+    scripted.script(tokens())
+    with client.keep_alive():
+        client.refresh_token_grant(endpoint, "refresh-1")
+        client.refresh_token_grant(endpoint, "refresh-2")
+    first, second = scripted.token_requests
+    assert first.headers["X-Site"] == second.headers["X-Site"] == "yes"
+    assert first.headers["X-Signature"] != second.headers["X-Signature"]
+    assert [r.form["refresh_token"] for r in (first, second)] == ["refresh-1", "refresh-2"]
