@@ -179,6 +179,8 @@ def _profile(args: argparse.Namespace, endpoint: EndpointProcess, label: str) ->
 #: Seconds between sending a burst's start time and the burst: every process has
 #: received it and released its threads to sleep until then.
 START_DELAY = 0.3
+#: Seconds a process's threads and main thread wait for one another at most.
+BARRIER_TIMEOUT = 300.0
 
 
 @dataclass
@@ -210,8 +212,10 @@ class _Caller:
     def __init__(self, user_id: int, threads: int) -> None:
         self.user_id = user_id
         self.threads = threads
-        self.start = threading.Barrier(threads + 1)
-        self.done = threading.Barrier(threads + 1)
+        # A thread that fails outside its call breaks the barriers (after the timeout):
+        # the process then exits, and the parent fails on the closed pipe.
+        self.start = threading.Barrier(threads + 1, timeout=BARRIER_TIMEOUT)
+        self.done = threading.Barrier(threads + 1, timeout=BARRIER_TIMEOUT)
         #: (start time, profiled) of the coming burst; ``None``: the threads end.
         self.order: tuple[float, bool] | None = None
         self.calls: list[Call | None] = [None] * threads
