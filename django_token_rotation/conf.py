@@ -83,7 +83,7 @@ class Settings:
 
     def _setting(self, name: str, default: Any) -> Any:
         """``getattr(django.conf.settings, name, default)``, kept (see ``_read``)."""
-        holder = settings._wrapped
+        holder = settings._wrapped  # type: ignore[misc]  # LazySettings: the current object
         if holder is not self._read_from:
             self._read = {}
             self._read_from = holder
