@@ -68,10 +68,16 @@ def refresh_batch(
     within: float | None = None,
     refresh_within: float | None = None,
     concurrency: int = CONCURRENCY,
+    keep_threads: bool = False,
 ) -> dict[str, Any]:
-    """Refresh the tokens ``ids`` that are still due; the report as a dict."""
+    """Refresh the tokens ``ids`` that are still due; the report as a dict.
+    ``keep_threads``: see :func:`.background.refresh_ids`."""
     report = background.refresh_ids(
-        ids, within=within, refresh_within=refresh_within, concurrency=concurrency
+        ids,
+        within=within,
+        refresh_within=refresh_within,
+        concurrency=concurrency,
+        keep_threads=keep_threads,
     )
     return report.as_dict()
 
@@ -101,9 +107,18 @@ else:
         refresh_within: float | None = None,
         concurrency: int = CONCURRENCY,
     ) -> dict[str, Any]:
-        """Celery: refresh the tokens ``ids`` that are still due."""
+        """Celery: refresh the tokens ``ids`` that are still due.
+
+        In a worker, the batch's threads and their database connections are kept
+        for the next batch (``background.refresh_ids(keep_threads=True)``); run
+        eagerly (tests, ``task_always_eager``), they end with the batch.
+        """
         return refresh_batch(
-            ids, within=within, refresh_within=refresh_within, concurrency=concurrency
+            ids,
+            within=within,
+            refresh_within=refresh_within,
+            concurrency=concurrency,
+            keep_threads=not refresh_token_batch.request.is_eager,
         )
 
     @shared_task(name="django_token_rotation.refresh_due_tokens")  # type: ignore[untyped-decorator,unused-ignore]

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 from django.utils import timezone
 
+from django_token_rotation import background
 from tests import scripted_server
 from tests.glewlwyd import fixture as glewlwyd
 from tests.glewlwyd.fixture import glewlwyd_server  # noqa: F401  (a session fixture)
@@ -244,6 +245,8 @@ def _close_the_async_thread_connections() -> Iterator[None]:
     """
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=60)
+    # The same for the refresher threads refresh_ids(keep_threads=True) keeps.
+    background.stop_kept_threads()
 
 
 @pytest.fixture

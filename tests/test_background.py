@@ -309,6 +309,76 @@ def test_worker_threads_refresh_every_due_token_once(
     assert RefreshEvent.objects.count() == TOKENS  # each thread's buffered history written
 
 
+def _closed(raw: Any) -> bool:
+    """Whether a DB-API connection is closed (psycopg and sqlite3 refuse a cursor)."""
+    try:
+        raw.cursor().close()
+    except Exception:
+        return True
+    return False
+
+
+def _kept_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("refresh-kept")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_kept_threads_run_batch_after_batch_on_their_connections(
+    fake_app: SocialApp, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``refresh_ids(keep_threads=True)``, as a Celery worker runs its batches: the
+    next batch runs on the same threads and database connections, each batch's
+    history is written when it returns, and idle threads close their
+    connections and end."""
+    from django_token_rotation import signals
+
+    monkeypatch.setattr(background, "KEEP_THREADS_IDLE", 1.0)
+    seed_many(fake_app)
+    ids = sorted(SocialToken.objects.values_list("pk", flat=True))
+    seen: list[tuple[threading.Thread, Any]] = []
+
+    def refreshed(**kwargs: Any) -> None:
+        seen.append((threading.current_thread(), connection.connection))
+
+    signals.token_refreshed.connect(refreshed)
+    try:
+        first = background.refresh_ids(ids[:6], concurrency=3, keep_threads=True)
+        assert first.refreshed == 6 and RefreshEvent.objects.count() == 6
+        first_seen, seen[:] = list(seen), []
+        second = background.refresh_ids(ids[6:], concurrency=3, keep_threads=True)
+        assert second.refreshed == len(ids) - 6 and RefreshEvent.objects.count() == len(ids)
+    finally:
+        signals.token_refreshed.disconnect(refreshed)
+    threads = {thread for thread, _ in first_seen}
+    assert {thread for thread, _ in seen} <= threads and len(threads) <= 3
+    assert all(thread.name.startswith("refresh-kept") for thread in threads)
+    kept = {id(raw): raw for _, raw in first_seen}
+    assert {id(raw) for _, raw in seen} <= set(kept)  # no new connection
+    assert not any(_closed(raw) for raw in kept.values())
+    deadline = time.monotonic() + 10
+    while _kept_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _kept_threads()
+    assert all(_closed(raw) for raw in kept.values())
+    assert len(scripted.token_requests) == len(ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_kept_threads_end_when_stopped_and_are_not_kept_by_default(
+    fake_app: SocialApp, scripted: ScriptedServer
+) -> None:
+    seed_many(fake_app)
+    ids = sorted(SocialToken.objects.values_list("pk", flat=True))
+    assert background.refresh_ids(ids[:4], concurrency=2).refreshed == 4
+    assert not _kept_threads()
+    assert (
+        background.refresh_ids(ids[4:], concurrency=2, keep_threads=True).refreshed == len(ids) - 4
+    )
+    assert _kept_threads()
+    background.stop_kept_threads()
+    assert not _kept_threads()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_on_result_that_raises_in_a_worker_thread_ends_the_run_with_its_error(
     fake_app: SocialApp, scripted: ScriptedServer
