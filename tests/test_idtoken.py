@@ -300,6 +300,36 @@ def test_rotated_signing_keys_are_fetched_again_but_not_for_every_unknown_kid(
     assert not TokenState.objects.get().needs_reauth
 
 
+def test_an_unknown_kid_is_looked_up_once_more_then_left_unverified_not_refused(
+    oidc: SocialToken, scripted: ScriptedServer, user: Any
+) -> None:
+    """A ``kid`` the provider does not publish, even after fetching its keys once
+    more: temporary, not a validated mismatch. The new tokens are stored, the
+    user stays signed in, and only the account's claims are left as they were."""
+    now = int(time.time())
+    unknown = jwt.encode(
+        {
+            "iss": scripted.base_url,
+            "aud": "oidc-client",
+            "sub": "user-1",
+            "iat": now,
+            "exp": now + 300,
+        },
+        KEY,
+        "RS256",
+        headers={"kid": "k9"},
+    )
+    scripted.script(tokens(id_token=unknown))
+    assert get_access_token(user, "scripted") == "new-access"
+    # The keys, then once more for the kid they did not have; no third fetch.
+    assert [r.path for r in scripted.received].count("/jwks") == 2
+    oidc.refresh_from_db()
+    assert oidc.token_secret == "new-refresh"
+    assert not TokenState.objects.get().needs_reauth
+    account = SocialAccount.objects.get(pk=oidc.account_id)
+    assert account.extra_data["id_token"]["email"] == "old@example.com"
+
+
 def test_an_id_token_without_a_kid_is_checked_with_the_only_key(
     oidc: SocialToken, scripted: ScriptedServer, user: Any
 ) -> None:
