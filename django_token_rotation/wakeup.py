@@ -23,6 +23,7 @@ Usage in a wait loop::
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any
@@ -31,7 +32,16 @@ from typing import Any
 Key = tuple[str, str]
 
 _changed = threading.Condition()
+#: Each token's last wake-up: a number never given before (``_numbers``), so
+#: that one forgotten and notified again still differs from any ``since``.
 _versions: dict[Key, int] = {}
+_numbers = itertools.count(1)
+#: Tokens remembered at most: a long-lived process refreshes many tokens, and
+#: one entry per token ever refreshed grew without end (and pinned the memory
+#: around it). Past this, all are forgotten at once: a thread waiting then
+#: wakes early and re-reads, and one about to wait may miss one wake-up and
+#: poll instead (a wake-up is a hint).
+MAX_REMEMBERED = 1024
 
 
 def _key(token: Any) -> Key:
@@ -39,7 +49,7 @@ def _key(token: Any) -> Key:
 
 
 def version(token: Any) -> int:
-    """How many wake-ups this process has seen for ``token`` (pass it to :func:`wait`)."""
+    """This process's last wake-up for ``token`` (pass it to :func:`wait`); 0: none."""
     with _changed:
         return _versions.get(_key(token), 0)
 
@@ -48,7 +58,9 @@ def notify(token: Any) -> None:
     """Wake this process's threads waiting for ``token``."""
     key = _key(token)
     with _changed:
-        _versions[key] = _versions.get(key, 0) + 1
+        if len(_versions) >= MAX_REMEMBERED and key not in _versions:
+            _versions.clear()
+        _versions[key] = next(_numbers)
         _changed.notify_all()
 
 

@@ -54,3 +54,18 @@ def test_only_the_tokens_own_waiters_wake(db: None) -> None:
     since = wakeup.version(token(1))
     wakeup.notify(token(2))
     assert wakeup.wait(token(1), since, 0.05) is False  # timed out: polling as before
+
+
+def test_a_process_remembers_a_bounded_number_of_tokens(db: None) -> None:
+    """One entry per token ever refreshed grew without end in a long-lived process.
+    Past MAX_REMEMBERED all are forgotten; a waiter that looked before that still
+    wakes on its token's next notify (versions are never given twice)."""
+    since = wakeup.version(token(0))
+    wakeup.notify(token(0))
+    looked = wakeup.version(token(0))
+    assert looked != since
+    for pk in range(1, 3 * wakeup.MAX_REMEMBERED):
+        wakeup.notify(token(pk))
+    assert len(wakeup._versions) <= wakeup.MAX_REMEMBERED
+    wakeup.notify(token(0))  # forgotten, then notified again
+    assert wakeup.wait(token(0), looked, NEVER) is True
