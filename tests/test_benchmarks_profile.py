@@ -1,4 +1,5 @@
-"""``python -m benchmarks.profile``, both paths, with tiny sizes, so that it cannot rot.
+"""``python -m benchmarks.profile`` (both paths) and ``benchmarks.layers``, with tiny sizes,
+so that they cannot rot.
 
 It asserts the shape of the output and the burst's one refresh, never a timing.
 """
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 
-def profile(*args: str) -> str:
+def profile(*args: str, module: str = "benchmarks.profile") -> str:
     """The profiler's output; it fails the test when the run fails."""
     pytest.importorskip("psycopg", reason="the benchmarks need psycopg (the bench extra)")
     # Not measured by coverage (as the benchmark's smoke test): the profiler's
@@ -32,7 +33,7 @@ def profile(*args: str) -> str:
         [
             sys.executable,
             "-m",
-            "benchmarks.profile",
+            module,
             *args,
             f"--pg-name=token_rotation_profile_smoke_{os.getpid()}",
         ],
@@ -91,3 +92,25 @@ def test_the_background_path() -> None:
     bench = record(output, "profile")
     assert bench["tokens"] == 5 and bench["cpu_ms_per_token"] > 0
     assert "5 tokens, by cumulative --" in output
+
+
+def test_the_layers() -> None:
+    output = profile("--calls=3", "--rounds=1", module="benchmarks.layers")
+    records = [
+        json.loads(line[len("BENCH ") :])
+        for line in output.splitlines()
+        if line.startswith("BENCH ")
+    ]
+    http = {r["layer"] for r in records if r["name"] == "layers_http"}
+    assert http == {
+        "http.client",
+        "urllib3",
+        "requests send",
+        "requests request",
+        "app, kept session",
+        "app, one-off session",
+    }
+    assert all(r["cpu_ms"] > 0 for r in records)
+    if "PostgreSQL" in output.splitlines()[0]:
+        sql = {r["layer"] for r in records if r["name"] == "layers_sql"}
+        assert "Statement.run" in sql and "re-read (store.reload)" in sql
