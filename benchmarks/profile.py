@@ -315,6 +315,11 @@ class _Caller:
             self.done.wait()
 
 
+#: Whether each thread can have a cProfile profiler of its own (one at a time per
+#: process from Python 3.12: "Another profiling tool is already active").
+THREADS_PROFILED_APART = sys.version_info < (3, 12)
+
+
 def _serve(pipe: Connection, user_id: int, threads: int) -> None:
     _Caller(user_id, threads).serve(pipe)
 
@@ -386,7 +391,13 @@ def _burst(args: argparse.Namespace, endpoint: EndpointProcess, label: str) -> N
         one_burst()  # warm-up: imports, connections, compiled statements
         bursts = [one_burst() for _ in range(args.rounds)]
         _report_bursts(args, label, callers, bursts)
-        if not args.no_profile:
+        if not args.no_profile and not THREADS_PROFILED_APART:
+            print(
+                "\nNo profile of the burst: on Python 3.12 and newer, cProfile runs on "
+                "sys.monitoring, which allows one profiler per process and mixes its "
+                "threads' calls; run the burst's profile on Python 3.11."
+            )
+        elif not args.no_profile:
             profiled = [one_burst(profiled=True) for _ in range(args.rounds)]
             _print_profiles(args, pipes, callers, profiled)
     finally:
