@@ -44,7 +44,6 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -142,11 +141,6 @@ def _http_layers(url: str) -> dict[str, Callable[[int], None]]:
         "app, kept session": app_kept,
         "app, one-off session": app_one_off,
     }
-
-
-def _backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _sql_layers(pk: int) -> dict[str, Callable[[int], None]]:
@@ -272,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 from django_token_rotation.models import TokenState
 
-                from .background import prepare
+                from .background import cpu_seconds, prepare
 
                 prepare(1)
                 pk = SocialToken.objects.values_list("pk", flat=True).first()
@@ -281,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     cursor.execute("SELECT pg_backend_pid()")
                     backend = cursor.fetchone()[0]
                 sql = _measure(
-                    _sql_layers(pk), args.calls, args.rounds, lambda: _backend_cpu(backend)
+                    _sql_layers(pk), args.calls, args.rounds, lambda: cpu_seconds(backend)
                 )
                 print("\n".join(_table("\nSQL: one UPDATE", sql, "PostgreSQL backend CPU ms")))
                 records += [

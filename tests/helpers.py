@@ -338,6 +338,14 @@ def unmeasured(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def benchmark_env() -> dict[str, str]:
+    """The environment to run ``python -m benchmarks.<module>`` in from the tests:
+    unmeasured, the checkout importable, and the benchmark's own settings."""
+    env = unmeasured({**os.environ, "PYTHONPATH": str(ROOT)})
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a server the test starts)."""
     with socket.socket() as sock:

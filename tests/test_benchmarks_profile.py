@@ -10,14 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import unmeasured
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, benchmark_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,8 +24,7 @@ def profile(*args: str, module: str = "benchmarks.profile") -> str:
     pytest.importorskip("psycopg", reason="the benchmarks need psycopg (the bench extra)")
     # Not measured by coverage (as the benchmark's smoke test): the profiler's
     # processes run the engine, whose coverage the other tests measure.
-    env = unmeasured({**os.environ, "PYTHONPATH": str(ROOT)})
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env = benchmark_env()
     run = subprocess.run(
         [
             sys.executable,

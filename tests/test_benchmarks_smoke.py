@@ -10,14 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import unmeasured
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, benchmark_env
 
 # One worker runs the module (``--dist loadgroup``): the benchmark behind the
 # ``output`` fixture is the slowest thing in the suite, and each worker that got a
@@ -30,8 +27,7 @@ def output() -> str:
     pytest.importorskip("gunicorn", reason="the benchmark needs gunicorn (the test extra)")
     # Not measured by coverage: the benchmark's own timings, and its runtime, stay
     # what they are without --cov.
-    env = unmeasured({**os.environ, "PYTHONPATH": str(ROOT)})
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env = benchmark_env()
     run = subprocess.Popen(
         [
             sys.executable,
